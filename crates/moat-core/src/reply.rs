@@ -102,8 +102,21 @@ impl Reply {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
             // Writing into a Vec cannot fail.
             let _ = match self.enhanced {
-                Some(e) => write!(out, "{}{}{} {}\r\n", self.code, sep, e, line.trim_end_matches('\r')),
-                None => write!(out, "{}{}{}\r\n", self.code, sep, line.trim_end_matches('\r')),
+                Some(e) => write!(
+                    out,
+                    "{}{}{} {}\r\n",
+                    self.code,
+                    sep,
+                    e,
+                    line.trim_end_matches('\r')
+                ),
+                None => write!(
+                    out,
+                    "{}{}{}\r\n",
+                    self.code,
+                    sep,
+                    line.trim_end_matches('\r')
+                ),
             };
         }
     }
