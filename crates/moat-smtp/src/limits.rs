@@ -1,0 +1,45 @@
+//! Per-connector limits, resolved once when a session starts.
+
+use std::time::Duration;
+
+/// Limits applied to every session of a connector. Defaults follow RFC 5321 §4.5.3.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest command or text line, CRLF included (RFC 5321 §4.5.3.1.6: 1000).
+    pub max_line_length: usize,
+    /// Largest message in octets (advertised with SIZE; 552 5.3.4 beyond it).
+    pub max_message_size: usize,
+    /// Recipients accepted per transaction (452 4.5.3 beyond it; RFC 5321 asks for ≥ 100).
+    pub max_recipients: usize,
+    /// Negative replies a session may earn before it is closed with 421.
+    pub max_errors: u32,
+    /// Transactions per session (0 = unlimited).
+    pub max_messages_per_session: usize,
+    /// Waiting for a command (RFC 5321 §4.5.3.2.7: 5 minutes).
+    pub command_timeout: Duration,
+    /// Waiting for each block of DATA or BDAT (RFC 5321 §4.5.3.2.5: 3 minutes).
+    pub data_block_timeout: Duration,
+    /// Whole DATA phase, until the final dot (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_total_timeout: Duration,
+    /// Waiting for a PROXY header from a trusted load balancer.
+    pub proxy_timeout: Duration,
+    /// TLS handshake after STARTTLS.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line_length: 1000,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 20,
+            max_messages_per_session: 0,
+            command_timeout: Duration::from_secs(300),
+            data_block_timeout: Duration::from_secs(180),
+            data_total_timeout: Duration::from_secs(600),
+            proxy_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
