@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
@@ -32,7 +32,9 @@ impl Users {
                 continue;
             }
             let bad = |why: &str| Error::Users(format!("{origin}:{}: {why}", n + 1));
-            let (name, hash) = line.split_once(':').ok_or_else(|| bad("expected name:hash"))?;
+            let (name, hash) = line
+                .split_once(':')
+                .ok_or_else(|| bad("expected name:hash"))?;
             if name.is_empty() {
                 return Err(bad("empty user name"));
             }
@@ -75,7 +77,11 @@ impl Users {
         let password = password.to_string();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -163,7 +169,9 @@ mod tests {
 
     #[test]
     fn users_file_errors_name_the_line() {
-        let err = Users::parse("alice:notahash\n", "users.txt").unwrap_err().to_string();
+        let err = Users::parse("alice:notahash\n", "users.txt")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("users.txt:1"), "{err}");
         let err = Users::parse("\nnocolon\n", "u").unwrap_err().to_string();
         assert!(err.contains("u:2"), "{err}");

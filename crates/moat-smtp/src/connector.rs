@@ -66,7 +66,10 @@ impl Connector {
     /// A connector with safe defaults for its role: connections from anywhere, nobody may
     /// relay; submission requires STARTTLS and AUTH.
     pub fn new(name: impl Into<String>, bind: SocketAddr, role: Role) -> Self {
-        let any: Vec<IpNet> = vec!["0.0.0.0/0".parse().expect("valid"), "::/0".parse().expect("valid")];
+        let any: Vec<IpNet> = vec![
+            "0.0.0.0/0".parse().expect("valid"),
+            "::/0".parse().expect("valid"),
+        ];
         Self {
             name: name.into(),
             bind,

@@ -253,7 +253,12 @@ mod tests {
             (&[b"a\r", b"\n.", b"\r", b"\n"], b"a\r\n", Some(6), true),
             (&[b"a\r\n.\r\nQUIT\r\n"], b"a\r\n", Some(6), true),
             // Bare LF before or after the dot never ends the message.
-            (&[b"a\n.\nMAIL FROM:<x>\r\n.\r\n"], b"a\n.\nMAIL FROM:<x>\r\n", Some(22), false),
+            (
+                &[b"a\n.\nMAIL FROM:<x>\r\n.\r\n"],
+                b"a\n.\nMAIL FROM:<x>\r\n",
+                Some(22),
+                false,
+            ),
             (&[b"a\n.\r\nb\r\n.\r\n"], b"a\n.\r\nb\r\n", Some(11), false),
             (&[b"a\r\n.\nb\r\n.\r\n"], b"a\r\n\nb\r\n", Some(11), false),
             (&[b"a\r.\rb\r\n.\r\n"], b"a\r.\rb\r\n", Some(10), false),
@@ -291,12 +296,18 @@ mod tests {
         let mut r = DataReader::new(1000, 1 << 20);
         let mut out = Vec::new();
         r.feed(&long[..998], &mut out);
-        assert_eq!(r.feed(b"\r\n.\r\n", &mut out), Progress::Done { consumed: 5 });
+        assert_eq!(
+            r.feed(b"\r\n.\r\n", &mut out),
+            Progress::Done { consumed: 5 }
+        );
         assert!(r.flaws().is_clean());
 
         let mut r = DataReader::new(1000, 10);
         let mut out = Vec::new();
-        assert_eq!(r.feed(b"0123456789abc\r\n.\r\n", &mut out), Progress::Done { consumed: 18 });
+        assert_eq!(
+            r.feed(b"0123456789abc\r\n.\r\n", &mut out),
+            Progress::Done { consumed: 18 }
+        );
         assert!(r.flaws().too_big);
         assert!(out.len() <= 10);
     }

@@ -3,8 +3,8 @@
 //! Label values come from closed sets (connector names come from the configuration).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Outcome of an accepted TCP connection, the `result` label of `moat_smtp_connections_total`.
@@ -76,7 +76,10 @@ impl SmtpMetrics {
     /// Registers the families on `registry`.
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let connections = IntCounterVec::new(
-            Opts::new("moat_smtp_connections_total", "TCP connections by connector and outcome"),
+            Opts::new(
+                "moat_smtp_connections_total",
+                "TCP connections by connector and outcome",
+            ),
             &["connector", "result"],
         )?;
         let sessions_active = IntGaugeVec::new(
@@ -84,7 +87,10 @@ impl SmtpMetrics {
             &["connector"],
         )?;
         let transactions = IntCounterVec::new(
-            Opts::new("moat_smtp_transactions_total", "Mail transactions by outcome"),
+            Opts::new(
+                "moat_smtp_transactions_total",
+                "Mail transactions by outcome",
+            ),
             &["connector", "result"],
         )?;
         let replies = IntCounterVec::new(
@@ -96,11 +102,12 @@ impl SmtpMetrics {
             &["connector"],
         )?;
         let stage_seconds = HistogramVec::new(
-            HistogramOpts::new("moat_stage_duration_seconds", "Time spent in each stage")
-                .buckets(vec![
+            HistogramOpts::new("moat_stage_duration_seconds", "Time spent in each stage").buckets(
+                vec![
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0,
-                ]),
+                ],
+            ),
             &["stage"],
         )?;
         registry.register(Box::new(connections.clone()))?;

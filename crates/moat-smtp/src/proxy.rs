@@ -73,17 +73,23 @@ async fn read_header_inner<S: AsyncRead + Unpin>(
         let len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
         buf.resize(16 + len, 0);
         read_exact(stream, &mut buf[16..]).await?;
-        let header = ppp::v2::Header::try_from(&buf[..])
-            .map_err(|e| ProxyError::Invalid(e.to_string()))?;
+        let header =
+            ppp::v2::Header::try_from(&buf[..]).map_err(|e| ProxyError::Invalid(e.to_string()))?;
         let (source, destination) = match (header.command, header.addresses) {
             (ppp::v2::Command::Local, _) => (None, None),
             (_, ppp::v2::Addresses::IPv4(a)) => (
                 Some(SocketAddr::from((a.source_address, a.source_port))),
-                Some(SocketAddr::from((a.destination_address, a.destination_port))),
+                Some(SocketAddr::from((
+                    a.destination_address,
+                    a.destination_port,
+                ))),
             ),
             (_, ppp::v2::Addresses::IPv6(a)) => (
                 Some(SocketAddr::from((a.source_address, a.source_port))),
-                Some(SocketAddr::from((a.destination_address, a.destination_port))),
+                Some(SocketAddr::from((
+                    a.destination_address,
+                    a.destination_port,
+                ))),
             ),
             (_, _) => (None, None),
         };
@@ -99,7 +105,9 @@ async fn read_header_inner<S: AsyncRead + Unpin>(
     // nothing after the header is consumed.
     while !buf.ends_with(b"\r\n") {
         if buf.len() >= 107 {
-            return Err(ProxyError::Invalid("v1 header longer than 107 octets".into()));
+            return Err(ProxyError::Invalid(
+                "v1 header longer than 107 octets".into(),
+            ));
         }
         let mut b = [0u8; 1];
         read_exact(stream, &mut b).await?;
@@ -110,11 +118,17 @@ async fn read_header_inner<S: AsyncRead + Unpin>(
     Ok(match header.addresses {
         ppp::v1::Addresses::Tcp4(a) => ProxiedAddrs {
             source: Some(SocketAddr::from((a.source_address, a.source_port))),
-            destination: Some(SocketAddr::from((a.destination_address, a.destination_port))),
+            destination: Some(SocketAddr::from((
+                a.destination_address,
+                a.destination_port,
+            ))),
         },
         ppp::v1::Addresses::Tcp6(a) => ProxiedAddrs {
             source: Some(SocketAddr::from((a.source_address, a.source_port))),
-            destination: Some(SocketAddr::from((a.destination_address, a.destination_port))),
+            destination: Some(SocketAddr::from((
+                a.destination_address,
+                a.destination_port,
+            ))),
         },
         ppp::v1::Addresses::Unknown => ProxiedAddrs {
             source: None,
@@ -151,7 +165,10 @@ mod tests {
         assert_eq!(rest, b"EHLO x\r\n");
 
         let (r, _) = parse(b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 25\r\n").await;
-        assert_eq!(r.unwrap().source, Some("[2001:db8::7]:40000".parse().unwrap()));
+        assert_eq!(
+            r.unwrap().source,
+            Some("[2001:db8::7]:40000".parse().unwrap())
+        );
 
         let (r, _) = parse(b"PROXY UNKNOWN\r\n").await;
         assert_eq!(r.unwrap().source, None);
@@ -161,9 +178,15 @@ mod tests {
             b"PROXY TCP4 192.0.2.7\r\n",
             b"EHLO example.test\r\n",
         ] {
-            assert!(matches!(parse(bad).await.0, Err(ProxyError::Invalid(_))), "{bad:?}");
+            assert!(
+                matches!(parse(bad).await.0, Err(ProxyError::Invalid(_))),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(parse(b"PROXY TCP4 1.2.3.4").await.0, Err(ProxyError::Closed)));
+        assert!(matches!(
+            parse(b"PROXY TCP4 1.2.3.4").await.0,
+            Err(ProxyError::Closed)
+        ));
     }
 
     #[tokio::test]
@@ -181,7 +204,10 @@ mod tests {
         let mut bytes = header.clone();
         bytes.extend_from_slice(b"EHLO x\r\n");
         let (r, rest) = parse(&bytes).await;
-        assert_eq!(r.unwrap().source, Some("198.51.100.9:5555".parse().unwrap()));
+        assert_eq!(
+            r.unwrap().source,
+            Some("198.51.100.9:5555".parse().unwrap())
+        );
         assert_eq!(rest, b"EHLO x\r\n");
 
         // Truncated.

@@ -170,11 +170,7 @@ pub fn not_implemented() -> Reply {
 }
 /// 504 unsupported AUTH mechanism.
 pub fn auth_mechanism_unsupported() -> Reply {
-    Reply::new(
-        504,
-        e(5, 5, 4),
-        "Unrecognized authentication mechanism",
-    )
+    Reply::new(504, e(5, 5, 4), "Unrecognized authentication mechanism")
 }
 /// 503 AUTH when already authenticated.
 pub fn already_authenticated() -> Reply {
@@ -234,11 +230,7 @@ pub fn bare_line_ending() -> Reply {
 }
 /// 555 unsupported MAIL/RCPT parameter.
 pub fn unsupported_parameter(param: &str) -> Reply {
-    Reply::new(
-        555,
-        e(5, 5, 4),
-        format!("Unsupported parameter {param}"),
-    )
+    Reply::new(555, e(5, 5, 4), format!("Unsupported parameter {param}"))
 }
 /// 553 8-bit/UTF-8 address without SMTPUTF8.
 pub fn utf8_without_smtputf8() -> Reply {

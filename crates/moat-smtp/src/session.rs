@@ -434,11 +434,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let decision = relay_decision(&address, &self.ctx.accepted_domains, self.info.may_relay);
         if decision == RelayDecision::Denied {
             tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), rcpt = %address, "relay denied");
-            self.metrics.stages().rcpt.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .stages()
+                .rcpt
+                .observe(started.elapsed().as_secs_f64());
             return self.refuse(replies::relay_denied());
         }
         let verdict = self.ask_rcpt_stages(&address).await;
-        self.metrics.stages().rcpt.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .stages()
+            .rcpt
+            .observe(started.elapsed().as_secs_f64());
         if let Some(reply) = verdict {
             return self.refuse(reply);
         }
@@ -540,7 +546,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(chunks) = self.chunks.take() else {
             return Ok(());
         };
-        self.finish_message(chunks.content, chunks.checker.flaws()).await
+        self.finish_message(chunks.content, chunks.checker.flaws())
+            .await
     }
 
     /// Content received in full: check it, run the data stages, store it, reply.
@@ -590,7 +597,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        self.metrics.stages().data.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .stages()
+            .data
+            .observe(started.elapsed().as_secs_f64());
         if let Some(reply) = verdict_reply {
             self.metrics.transaction(if reply.is_transient() {
                 TxResult::TempFailed
@@ -603,7 +613,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
         let started = Instant::now();
         let stored = self.ctx.store.store(&self.info, &self.env, &message).await;
-        self.metrics.stages().store.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .stages()
+            .store
+            .observe(started.elapsed().as_secs_f64());
         let reply = match stored {
             Ok(id) => {
                 tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), id = %id, from = %self.env.mail_from, rcpts = self.env.rcpt_to.len(), size = message.len(), "queued");
@@ -625,7 +638,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let helo = self.info.helo.as_deref().unwrap_or("unknown");
         let ip = self.info.client_ip();
         // RFC 3848 protocol names.
-        let proto = match (self.info.esmtp, self.tls_active(), self.info.auth_user.is_some()) {
+        let proto = match (
+            self.info.esmtp,
+            self.tls_active(),
+            self.info.auth_user.is_some(),
+        ) {
             (false, _, _) => "SMTP",
             (true, false, false) => "ESMTP",
             (true, true, false) => "ESMTPS",
@@ -668,9 +685,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(Close::Done);
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let handshake =
-            tokio::time::timeout(self.conn.limits.tls_handshake_timeout, acceptor.accept(plain))
-                .await;
+        let handshake = tokio::time::timeout(
+            self.conn.limits.tls_handshake_timeout,
+            acceptor.accept(plain),
+        )
+        .await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -715,7 +734,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.refuse(replies::bad_sequence("send EHLO first"));
         }
         if self.in_transaction() {
-            return self.refuse(replies::bad_sequence("AUTH not allowed during a transaction"));
+            return self.refuse(replies::bad_sequence(
+                "AUTH not allowed during a transaction",
+            ));
         }
         let credentials = if mechanism == smtp_proto::AUTH_PLAIN {
             let response = if initial.is_empty() {

@@ -32,7 +32,10 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!("{}: no certificate found", cert.display())));
+        return Err(Error::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
