@@ -1,0 +1,1 @@
+//! Moat's content filter stage (work in progress).

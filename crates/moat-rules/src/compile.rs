@@ -1,0 +1,828 @@
+//! Validation and compilation of loaded packs into an immutable [`CompiledRules`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use rayon::prelude::*;
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+
+use crate::error::{Error, Problem, Step};
+use crate::loader::{LoadedPack, line_of};
+use crate::meta::{self, Expr, NameRef};
+use crate::schema::{TestDef, Thresholds};
+use crate::target::Target;
+use crate::{factor, packtest};
+
+/// Limits applied while compiling; patterns are untrusted input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Compiled program size limit of each regex, in bytes (`RegexBuilder::size_limit`).
+    pub regex_size_limit: usize,
+    /// Lazy DFA cache limit of each regex, in bytes (`RegexBuilder::dfa_size_limit`).
+    pub dfa_size_limit: usize,
+    /// Longest accepted regex source, in bytes.
+    pub max_regex_len: usize,
+    /// Most rules accepted over all packs.
+    pub max_rules: usize,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            regex_size_limit: 1 << 20,
+            dfa_size_limit: 1 << 20,
+            max_regex_len: 8 * 1024,
+            max_rules: 100_000,
+        }
+    }
+}
+
+/// What kind of matcher a rule uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// Literal substrings and/or words.
+    Literals,
+    /// A regex.
+    Regex,
+    /// A meta expression.
+    Meta,
+}
+
+/// A compiled rule's description.
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    /// Rule id, unique in its pack.
+    pub id: String,
+    /// Index of the pack in [`CompiledRules::packs`].
+    pub pack: usize,
+    /// Description from the pack.
+    pub description: String,
+    /// Score added when it hits.
+    pub score: f64,
+    /// Matcher kind.
+    pub kind: RuleKind,
+    /// Targets (empty for meta rules).
+    pub targets: Vec<Target>,
+}
+
+/// A compiled pack's description and verdict settings.
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    /// Pack name.
+    pub name: String,
+    /// Pack version.
+    pub version: String,
+    /// Description.
+    pub description: String,
+    /// The pack file.
+    pub file: PathBuf,
+    /// Score thresholds.
+    pub thresholds: Thresholds,
+    /// Text of the 550 reply.
+    pub reject_text: String,
+    /// Subject prefix for tagged messages.
+    pub subject_prefix: Option<String>,
+    /// Global indices of its rules.
+    pub rules: std::ops::Range<usize>,
+}
+
+/// What an automaton pattern feeds when it is found.
+#[derive(Debug, Clone)]
+pub(crate) enum Consumer {
+    /// A literal or word of a rule; `exact` is set when case must match.
+    Literal {
+        rule: usize,
+        exact: Option<Box<[u8]>>,
+        word: bool,
+    },
+    /// A factor of a regex: makes it a candidate on this value.
+    Factor(usize),
+}
+
+/// A regex and the rule it belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct RegexRule {
+    pub(crate) rule: usize,
+    pub(crate) re: Arc<Regex>,
+}
+
+/// Everything that runs over one target.
+#[derive(Debug, Clone)]
+pub(crate) struct TargetMatcher {
+    pub(crate) target: Target,
+    pub(crate) ac: Option<AhoCorasick>,
+    /// Indexed by automaton pattern id.
+    pub(crate) consumers: Vec<Vec<Consumer>>,
+    /// Regexes with a factor, run only on values where the factor was found.
+    pub(crate) factored: Vec<RegexRule>,
+    /// Regexes without a usable factor, run together as a set.
+    pub(crate) set: Option<RegexSet>,
+    pub(crate) set_rules: Vec<RegexRule>,
+}
+
+/// A pack test resolved against its pack.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledTest {
+    pub(crate) pack: usize,
+    pub(crate) line: Option<usize>,
+    pub(crate) def: TestDef,
+    pub(crate) message: Option<Vec<u8>>,
+}
+
+/// An immutable, compiled rule set: every pack of a folder, one automaton per target.
+///
+/// Cheap to share behind an `Arc`; scanning never mutates it.
+#[derive(Debug)]
+pub struct CompiledRules {
+    pub(crate) packs: Vec<PackInfo>,
+    pub(crate) rules: Vec<RuleInfo>,
+    pub(crate) matchers: Vec<TargetMatcher>,
+    /// Meta rules in evaluation order (dependencies first).
+    pub(crate) metas: Vec<(usize, Expr<usize>)>,
+    pub(crate) tests: Vec<CompiledTest>,
+    pub(crate) fingerprint: u64,
+    pub(crate) compile_time: Duration,
+}
+
+impl CompiledRules {
+    /// The packs, in file-name order.
+    pub fn packs(&self) -> &[PackInfo] {
+        &self.packs
+    }
+
+    /// All rules of all packs.
+    pub fn rules(&self) -> &[RuleInfo] {
+        &self.rules
+    }
+
+    /// The rule with this id in this pack.
+    pub fn rule(&self, pack: &str, id: &str) -> Option<&RuleInfo> {
+        let p = self.packs.iter().find(|p| p.name == pack)?;
+        self.rules[p.rules.clone()].iter().find(|r| r.id == id)
+    }
+
+    /// The targets that have at least one rule.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.matchers.iter().map(|m| &m.target)
+    }
+
+    /// A hash of every file the rule set was built from.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// How long validation and compilation took.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// How many pack test cases the rule set carries.
+    pub fn test_count(&self) -> usize {
+        self.tests.len()
+    }
+
+    /// `name version` of every pack, comma-separated (for logs and headers).
+    pub fn versions(&self) -> String {
+        self.packs
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut b = id.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+}
+
+fn valid_pack_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// Parses a verdict name as used in pack tests.
+pub(crate) fn parse_action(s: &str) -> Option<crate::Action> {
+    use crate::Action;
+    Some(match s {
+        "continue" => Action::Continue,
+        "tag" => Action::Tag,
+        "quarantine" => Action::Quarantine,
+        "reject" => Action::Reject,
+        _ => return None,
+    })
+}
+
+/// A literal or regex entry of one rule before it is placed into target matchers.
+enum Entry {
+    Lit { bytes: Vec<u8>, word: bool },
+    Regex { pattern: String },
+}
+
+struct PendingRule {
+    global: usize,
+    file: PathBuf,
+    line: usize,
+    case_sensitive: bool,
+    entries: Vec<Entry>,
+}
+
+/// Validates and compiles loaded packs.
+pub(crate) fn compile(
+    loaded: &[LoadedPack],
+    fingerprint: u64,
+    opts: &CompileOptions,
+) -> Result<CompiledRules, Error> {
+    let started = Instant::now();
+    let mut problems = Vec::new();
+    let mut packs = Vec::new();
+    let mut rules = Vec::new();
+    let mut pending = Vec::new();
+    let mut meta_src: Vec<(usize, PathBuf, usize, String)> = Vec::new();
+    let mut tests = Vec::new();
+    let mut seen_packs: HashMap<String, PathBuf> = HashMap::new();
+
+    for (pi, lp) in loaded.iter().enumerate() {
+        let f = &lp.file;
+        let path = &lp.path;
+        if !valid_pack_name(&f.pack.name) {
+            problems.push(Problem::new(
+                path,
+                format!("invalid pack name {:?}", f.pack.name),
+            ));
+        }
+        if let Some(other) = seen_packs.insert(f.pack.name.clone(), path.clone()) {
+            problems.push(Problem::new(
+                path,
+                format!(
+                    "pack name {:?} is also used by {}",
+                    f.pack.name,
+                    other.display()
+                ),
+            ));
+        }
+        check_thresholds(&f.thresholds, path, &mut problems);
+        let first = rules.len();
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        for def in &f.rules {
+            let id = def.id.get_ref().as_str();
+            let line = line_of(&lp.source, def.id.span().start);
+            let problem = |m: String| Problem::new(path, m).at(Some(line)).rule(id);
+            if !valid_id(id) {
+                problems.push(problem("invalid rule id".into()));
+            }
+            if ids.insert(id, line).is_some() {
+                problems.push(problem("duplicate rule id in this pack".into()));
+            }
+            if !def.score.is_finite() {
+                problems.push(problem("score is not a finite number".into()));
+            }
+            let has_lits =
+                !def.literals.is_empty() || !def.words.is_empty() || def.list_file.is_some();
+            let kinds = [has_lits, def.regex.is_some(), def.meta.is_some()];
+            let kind = match kinds {
+                [true, false, false] => RuleKind::Literals,
+                [false, true, false] => RuleKind::Regex,
+                [false, false, true] => RuleKind::Meta,
+                [false, false, false] => {
+                    problems.push(problem(
+                        "no matcher: give literals, words, list_file, regex or meta".into(),
+                    ));
+                    RuleKind::Literals
+                }
+                _ => {
+                    problems.push(problem(
+                        "more than one matcher kind (literals/words/list_file, regex, meta)".into(),
+                    ));
+                    RuleKind::Literals
+                }
+            };
+            let mut targets = Vec::new();
+            match (&def.target, kind) {
+                (Some(_), RuleKind::Meta) => {
+                    problems.push(problem("a meta rule takes no target".into()))
+                }
+                (None, RuleKind::Literals | RuleKind::Regex) => {
+                    problems.push(problem("missing target".into()))
+                }
+                (Some(t), _) => {
+                    for name in t.to_vec() {
+                        match Target::parse(&name) {
+                            Some(t) if !targets.contains(&t) => targets.push(t),
+                            Some(_) => {}
+                            None => problems.push(problem(format!("unknown target {name:?}"))),
+                        }
+                    }
+                    if targets.is_empty() {
+                        problems.push(problem("empty target list".into()));
+                    }
+                }
+                (None, RuleKind::Meta) => {}
+            }
+            let global = rules.len();
+            let mut entries = Vec::new();
+            match kind {
+                RuleKind::Literals => {
+                    for (list, word) in [(&def.literals, false), (&def.words, true)] {
+                        for l in list {
+                            if l.is_empty() {
+                                problems.push(problem("empty literal or word".into()));
+                            }
+                            entries.push(Entry::Lit {
+                                bytes: l.as_bytes().to_vec(),
+                                word,
+                            });
+                        }
+                    }
+                    if let Some(name) = &def.list_file {
+                        match lp.lists.get(name) {
+                            Some(Ok(items)) if items.is_empty() => {
+                                problems.push(problem(format!("list file {name} is empty")))
+                            }
+                            Some(Ok(items)) => entries.extend(items.iter().map(|l| Entry::Lit {
+                                bytes: l.as_bytes().to_vec(),
+                                word: def.list_as_words,
+                            })),
+                            Some(Err(e)) => problems.push(problem(e.clone())),
+                            None => problems.push(problem(format!("list file {name} not loaded"))),
+                        }
+                    }
+                }
+                RuleKind::Regex => {
+                    let pattern = def.regex.clone().unwrap_or_default();
+                    if pattern.len() > opts.max_regex_len {
+                        problems.push(problem(format!(
+                            "regex longer than {} bytes",
+                            opts.max_regex_len
+                        )));
+                    } else {
+                        entries.push(Entry::Regex { pattern });
+                    }
+                }
+                RuleKind::Meta => meta_src.push((
+                    global,
+                    path.clone(),
+                    line,
+                    def.meta.clone().unwrap_or_default(),
+                )),
+            }
+            if !entries.is_empty() {
+                pending.push(PendingRule {
+                    global,
+                    file: path.clone(),
+                    line,
+                    case_sensitive: def.case_sensitive,
+                    entries,
+                });
+            }
+            rules.push(RuleInfo {
+                id: id.to_string(),
+                pack: pi,
+                description: def.description.clone(),
+                score: def.score,
+                kind,
+                targets,
+            });
+        }
+        packs.push(PackInfo {
+            name: f.pack.name.clone(),
+            version: f.pack.version.clone(),
+            description: f.pack.description.clone(),
+            file: path.clone(),
+            thresholds: f.thresholds,
+            reject_text: f.pack.reject_text.clone(),
+            subject_prefix: f.pack.subject_prefix.clone(),
+            rules: first..rules.len(),
+        });
+        for t in &f.tests {
+            let line = Some(line_of(&lp.source, t.name.span().start));
+            let tproblem = |m: String| {
+                Problem::new(path, format!("test {:?}: {m}", t.name.get_ref())).at(line)
+            };
+            let sources = [
+                t.message.is_some(),
+                t.message_file.is_some(),
+                t.snippet.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                problems.push(tproblem(
+                    "give exactly one of message, message_file, snippet".into(),
+                ));
+            }
+            for id in t.must_hit.iter().chain(&t.must_not_hit) {
+                if !ids.contains_key(id.as_str()) {
+                    problems.push(tproblem(format!("unknown rule {id}")).rule(id.clone()));
+                }
+            }
+            if let Some(v) = &t.verdict
+                && parse_action(v).is_none()
+            {
+                problems.push(tproblem(format!("unknown verdict {v:?}")));
+            }
+            if let Some(snippet) = &t.snippet {
+                for key in snippet.keys() {
+                    if Target::parse(key).is_none() {
+                        problems.push(tproblem(format!("unknown snippet target {key:?}")));
+                    }
+                }
+            }
+            let mut message = t.message.clone().map(String::into_bytes);
+            if let Some(name) = &t.message_file {
+                match lp.messages.get(name) {
+                    Some(Ok(bytes)) => message = Some(bytes.clone()),
+                    Some(Err(e)) => problems.push(tproblem(e.clone())),
+                    None => problems.push(tproblem(format!("{name} not loaded"))),
+                }
+            }
+            tests.push(CompiledTest {
+                pack: pi,
+                line,
+                def: t.clone(),
+                message,
+            });
+        }
+    }
+    if rules.len() > opts.max_rules {
+        problems.push(Problem::new(
+            loaded.first().map(|p| p.path.clone()).unwrap_or_default(),
+            format!(
+                "{} rules, more than the limit of {}",
+                rules.len(),
+                opts.max_rules
+            ),
+        ));
+    }
+
+    let metas = compile_metas(&packs, &rules, meta_src, &mut problems);
+    if !problems.is_empty() {
+        return Err(Error::refused(Step::Validate, problems));
+    }
+
+    // Regexes compile in parallel: a large imported pack has thousands.
+    let compiled: Vec<Result<Vec<CompiledRegex>, Problem>> = pending
+        .par_iter()
+        .map(|p| {
+            p.entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Regex { pattern } => Some(pattern),
+                    Entry::Lit { .. } => None,
+                })
+                .map(|pattern| compile_regex(pattern, p.case_sensitive, opts))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|m| {
+                    Problem::new(&p.file, m)
+                        .at(Some(p.line))
+                        .rule(rules[p.global].id.clone())
+                })
+        })
+        .collect();
+    let mut regexes = Vec::with_capacity(pending.len());
+    for r in compiled {
+        match r {
+            Ok(v) => regexes.push(v),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::refused(Step::Compile, problems));
+    }
+
+    // Group entries by target.
+    let mut by_target: BTreeMap<Target, TargetBuild> = BTreeMap::new();
+    for (p, res) in pending.iter().zip(regexes) {
+        let mut res = res.into_iter();
+        for entry in &p.entries {
+            let regex = match entry {
+                Entry::Regex { .. } => res.next(),
+                Entry::Lit { .. } => None,
+            };
+            for target in &rules[p.global].targets {
+                let tb = by_target.entry(target.clone()).or_default();
+                match (entry, &regex) {
+                    (Entry::Lit { bytes, word }, _) => tb.add_literal(
+                        bytes,
+                        Consumer::Literal {
+                            rule: p.global,
+                            exact: p.case_sensitive.then(|| bytes.clone().into_boxed_slice()),
+                            word: *word,
+                        },
+                    ),
+                    (Entry::Regex { pattern }, Some((re, factors))) => {
+                        let rr = RegexRule {
+                            rule: p.global,
+                            re: re.clone(),
+                        };
+                        match factors {
+                            Some(lits) => {
+                                let idx = tb.factored.len();
+                                tb.factored.push(rr);
+                                for l in lits {
+                                    tb.add_literal(l, Consumer::Factor(idx));
+                                }
+                            }
+                            None => {
+                                tb.set_patterns.push(effective(pattern, p.case_sensitive));
+                                tb.set_rules.push(rr);
+                            }
+                        }
+                    }
+                    (Entry::Regex { .. }, None) => {}
+                }
+            }
+        }
+    }
+    let built: Vec<Result<TargetMatcher, Problem>> = by_target
+        .into_iter()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|(target, tb)| tb.build(target, opts))
+        .collect();
+    let mut matchers = Vec::new();
+    for b in built {
+        match b {
+            Ok(m) => matchers.push(m),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::refused(Step::Compile, problems));
+    }
+    Ok(CompiledRules {
+        packs,
+        rules,
+        matchers,
+        metas,
+        tests,
+        fingerprint,
+        compile_time: started.elapsed(),
+    })
+}
+
+fn check_thresholds(t: &Thresholds, path: &PathBuf, problems: &mut Vec<Problem>) {
+    let named = [
+        ("tag", t.tag),
+        ("quarantine", t.quarantine),
+        ("reject", t.reject),
+    ];
+    for (name, v) in named {
+        if v.is_some_and(|v| !v.is_finite()) {
+            problems.push(Problem::new(
+                path,
+                format!("threshold {name} is not finite"),
+            ));
+        }
+    }
+    let present: Vec<(&str, f64)> = named
+        .iter()
+        .filter_map(|(n, v)| v.map(|v| (*n, v)))
+        .collect();
+    for w in present.windows(2) {
+        if w[0].1 > w[1].1 {
+            problems.push(Problem::new(
+                path,
+                format!(
+                    "threshold {} ({}) is above {} ({})",
+                    w[0].0, w[0].1, w[1].0, w[1].1
+                ),
+            ));
+        }
+    }
+}
+
+/// The pattern as compiled: case-insensitivity folded into the pattern so that a regex and
+/// a regex set built from it agree.
+fn effective(pattern: &str, case_sensitive: bool) -> String {
+    if case_sensitive {
+        pattern.to_string()
+    } else {
+        format!("(?i){pattern}")
+    }
+}
+
+type CompiledRegex = (Arc<Regex>, Option<Vec<Vec<u8>>>);
+
+fn compile_regex(
+    pattern: &str,
+    case_sensitive: bool,
+    opts: &CompileOptions,
+) -> Result<CompiledRegex, String> {
+    let eff = effective(pattern, case_sensitive);
+    let re = RegexBuilder::new(&eff)
+        .size_limit(opts.regex_size_limit)
+        .dfa_size_limit(opts.dfa_size_limit)
+        .build()
+        .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(&eff)
+        .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
+    Ok((Arc::new(re), factor::required(&hir)))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[derive(Default)]
+struct TargetBuild {
+    patterns: Vec<Vec<u8>>,
+    index: HashMap<Vec<u8>, usize>,
+    consumers: Vec<Vec<Consumer>>,
+    factored: Vec<RegexRule>,
+    set_patterns: Vec<String>,
+    set_rules: Vec<RegexRule>,
+}
+
+impl TargetBuild {
+    /// Patterns are keyed by their ASCII-lowercase form: the automaton is case-insensitive
+    /// and exact-case literals are verified on each hit.
+    fn add_literal(&mut self, bytes: &[u8], consumer: Consumer) {
+        let key = bytes.to_ascii_lowercase();
+        let id = match self.index.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = self.patterns.len();
+                self.patterns.push(key.clone());
+                self.index.insert(key, id);
+                self.consumers.push(Vec::new());
+                id
+            }
+        };
+        self.consumers[id].push(consumer);
+    }
+
+    fn build(self, target: Target, opts: &CompileOptions) -> Result<TargetMatcher, Problem> {
+        let ac = if self.patterns.is_empty() {
+            None
+        } else {
+            let bytes: usize = self.patterns.iter().map(Vec::len).sum();
+            let mut b = AhoCorasick::builder();
+            b.ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard);
+            // A DFA is the fastest searcher; keep it for automata of reasonable size.
+            if bytes <= 256 * 1024 {
+                b.kind(Some(AhoCorasickKind::DFA));
+            }
+            Some(b.build(&self.patterns).map_err(|e| {
+                Problem::new("", format!("cannot build the automaton for {target}: {e}"))
+            })?)
+        };
+        let set = if self.set_patterns.is_empty() {
+            None
+        } else {
+            let n = self.set_patterns.len();
+            Some(
+                RegexSetBuilder::new(&self.set_patterns)
+                    .size_limit(opts.regex_size_limit.saturating_mul(n))
+                    .dfa_size_limit(opts.dfa_size_limit.saturating_mul(4))
+                    .build()
+                    .map_err(|e| {
+                        Problem::new(
+                            "",
+                            format!(
+                                "cannot build the regex set for {target}: {}",
+                                one_line(&e.to_string())
+                            ),
+                        )
+                    })?,
+            )
+        };
+        Ok(TargetMatcher {
+            target,
+            ac,
+            consumers: self.consumers,
+            factored: self.factored,
+            set,
+            set_rules: self.set_rules,
+        })
+    }
+}
+
+fn compile_metas(
+    packs: &[PackInfo],
+    rules: &[RuleInfo],
+    src: Vec<(usize, PathBuf, usize, String)>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(usize, Expr<usize>)> {
+    let mut exprs: HashMap<usize, Expr<usize>> = HashMap::new();
+    for (global, file, line, text) in src {
+        let rule = &rules[global];
+        let range = packs[rule.pack].rules.clone();
+        let problem = |m: String| Problem::new(&file, m).at(Some(line)).rule(rule.id.clone());
+        let parsed = match meta::parse(&text) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(problem(format!("bad meta expression: {e}")));
+                continue;
+            }
+        };
+        let resolved = parsed.resolve(&mut |r: NameRef| match r {
+            NameRef::Exact(name) => range
+                .clone()
+                .find(|i| rules[*i].id == name)
+                .map(|i| vec![i])
+                .ok_or_else(|| format!("meta refers to unknown rule {name}")),
+            NameRef::Prefix(p) => {
+                let v: Vec<usize> = range
+                    .clone()
+                    .filter(|i| rules[*i].id.starts_with(&p) && *i != global)
+                    .collect();
+                if v.is_empty() {
+                    Err(format!("meta prefix {p}* matches no rule"))
+                } else {
+                    Ok(v)
+                }
+            }
+        });
+        match resolved {
+            Ok(e) => {
+                exprs.insert(global, e);
+            }
+            Err(m) => problems.push(problem(m)),
+        }
+    }
+    // Order metas so each is evaluated after the metas it refers to; report cycles.
+    let mut order = Vec::new();
+    let mut state: HashMap<usize, u8> = HashMap::new(); // 1 = visiting, 2 = done
+    let mut keys: Vec<usize> = exprs.keys().copied().collect();
+    keys.sort_unstable();
+    for start in keys {
+        // Iterative DFS: (node, next child index).
+        let mut stack: Vec<(usize, Vec<usize>, usize)> = Vec::new();
+        if state.get(&start) == Some(&2) {
+            continue;
+        }
+        let deps = |n: usize| {
+            let mut v = Vec::new();
+            if let Some(e) = exprs.get(&n) {
+                e.visit(&mut |r| {
+                    if exprs.contains_key(r) {
+                        v.push(*r)
+                    }
+                });
+            }
+            v
+        };
+        state.insert(start, 1);
+        stack.push((start, deps(start), 0));
+        while let Some((node, children, next)) = stack.last_mut() {
+            if let Some(&child) = children.get(*next) {
+                *next += 1;
+                match state.get(&child) {
+                    Some(2) => {}
+                    Some(_) => {
+                        let r = &rules[child];
+                        let lp = &packs[r.pack];
+                        problems.push(
+                            Problem::new(
+                                &lp.file,
+                                format!("meta rules form a cycle through {}", rules[*node].id),
+                            )
+                            .rule(r.id.clone()),
+                        );
+                    }
+                    None => {
+                        state.insert(child, 1);
+                        let d = deps(child);
+                        stack.push((child, d, 0));
+                    }
+                }
+            } else {
+                let node = *node;
+                state.insert(node, 2);
+                order.push(node);
+                stack.pop();
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|i| exprs.remove(&i).map(|e| (i, e)))
+        .collect()
+}
+
+/// Runs the packs' own tests; `extractor` turns test messages into targets.
+pub(crate) fn run_tests(
+    rules: &CompiledRules,
+    extractor: Option<&dyn crate::Extractor>,
+) -> Result<usize, Error> {
+    let problems: Vec<Problem> = rules
+        .tests
+        .par_iter()
+        .flat_map_iter(|t| packtest::run(rules, t, extractor))
+        .collect();
+    if problems.is_empty() {
+        Ok(rules.tests.len())
+    } else {
+        Err(Error::refused(Step::Test, problems))
+    }
+}

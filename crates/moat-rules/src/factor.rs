@@ -1,0 +1,203 @@
+//! Required literal factors of a regex: a set of byte strings at least one of which occurs
+//! in every match. The compiler puts them into the target's automaton so the regex runs
+//! only on values where one was found.
+
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Hir, HirKind};
+
+/// Shortest factor worth a place in the automaton.
+const MIN_LEN: usize = 3;
+/// Largest factor set worth a place in the automaton.
+const MAX_SET: usize = 64;
+/// How many start positions of a concatenation to try.
+const MAX_STARTS: usize = 16;
+
+/// A factor set, ASCII-lowercased (the automaton matches ASCII case-insensitively), with
+/// every literal that contains another member removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Factors {
+    lits: Vec<Vec<u8>>,
+    min_len: usize,
+}
+
+impl Factors {
+    fn new(lits: impl IntoIterator<Item = Vec<u8>>) -> Option<Factors> {
+        let mut lits: Vec<Vec<u8>> = lits.into_iter().map(|l| l.to_ascii_lowercase()).collect();
+        lits.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        lits.dedup();
+        let mut kept: Vec<Vec<u8>> = Vec::with_capacity(lits.len());
+        for l in lits {
+            if !kept.iter().any(|k| contains(&l, k)) {
+                kept.push(l);
+            }
+        }
+        let min_len = kept.iter().map(Vec::len).min()?;
+        (min_len >= MIN_LEN && kept.len() <= MAX_SET).then_some(Factors {
+            lits: kept,
+            min_len,
+        })
+    }
+
+    /// Higher is better: a shortest literal of at least 4 bytes is selective enough, so
+    /// then fewer literals win, then longer ones.
+    fn rank(&self) -> (usize, std::cmp::Reverse<usize>, usize) {
+        (
+            self.min_len.min(4),
+            std::cmp::Reverse(self.lits.len()),
+            self.min_len,
+        )
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || (needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle))
+}
+
+fn better(a: Option<Factors>, b: Option<Factors>) -> Option<Factors> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.rank() > a.rank() { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn prefixes(hir: &Hir) -> Option<Factors> {
+    let mut ex = Extractor::new();
+    ex.kind(ExtractKind::Prefix)
+        .limit_class(8)
+        .limit_repeat(8)
+        .limit_literal_len(32)
+        .limit_total(256);
+    let seq = ex.extract(hir);
+    let lits: Vec<Vec<u8>> = seq
+        .literals()?
+        .iter()
+        .map(|l| l.as_bytes().to_ascii_lowercase())
+        .collect();
+    // Prefixes of required literals are required too; a shorter cut may collapse variants
+    // (`click\t`, `click\n`, ... into `click`).
+    let longest = lits.iter().map(Vec::len).max().unwrap_or(0);
+    let mut found = None;
+    for cut in MIN_LEN..=longest {
+        let cut_lits = lits.iter().map(|l| l[..l.len().min(cut)].to_vec());
+        found = better(found, Factors::new(cut_lits));
+    }
+    found
+}
+
+fn best(hir: &Hir) -> Option<Factors> {
+    match hir.kind() {
+        HirKind::Capture(c) => best(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => better(prefixes(hir), best(&r.sub)),
+        HirKind::Concat(subs) => {
+            let mut found = None;
+            for start in 0..subs.len().min(MAX_STARTS) {
+                let tail = Hir::concat(subs[start..].to_vec());
+                found = better(found, prefixes(&tail));
+            }
+            for sub in subs {
+                found = better(found, best(sub));
+            }
+            found
+        }
+        HirKind::Alternation(alts) => {
+            // Every branch must contribute, or a match could avoid all of them.
+            let mut union = Vec::new();
+            for alt in alts {
+                union.extend(best(alt)?.lits);
+            }
+            better(prefixes(hir), Factors::new(union))
+        }
+        _ => prefixes(hir),
+    }
+}
+
+/// The best required factor set of `hir`, or `None` when it has none worth using.
+pub(crate) fn required(hir: &Hir) -> Option<Vec<Vec<u8>>> {
+    best(hir).map(|f| f.lits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn factors(re: &str) -> Option<Vec<String>> {
+        let hir = regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .build()
+            .parse(re)
+            .unwrap();
+        required(&hir).map(|v| {
+            v.into_iter()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn factor_table() {
+        let cases: &[(&str, Option<&[&str]>)] = &[
+            ("viagra", Some(&["viagra"])),
+            ("(?i)viagra", Some(&["viagra"])),
+            (r"\bfree\s+money\b", Some(&["money"])),
+            // Unicode case folding: `k` also matches KELVIN SIGN; cutting before it leaves
+            // one literal.
+            (r"(?i)click\s+here", Some(&["clic"])),
+            // Cut at 4 bytes, which may split a UTF-8 sequence (shown as U+FFFD here).
+            (
+                r"(?i)kick\s+\d",
+                Some(&["kick", "kic\u{fffd}", "\u{212a}i"]),
+            ),
+            (r"(?i-u)click\s+here", Some(&["click"])),
+            (r"\d+% off", Some(&["% off"])),
+            ("(?:cheap|discount) meds", Some(&[" meds"])),
+            ("(?:cheapest|discount)", Some(&["cheapest", "discount"])),
+            (r"(?:ab|discount)\d", None),
+            (r"\w+@\w+", None),
+            (".*", None),
+            ("a.b", None),
+            ("(?:winner)+!", Some(&["winner"])),
+            ("(?:winner)?!!!", Some(&["!!!"])),
+            // `s` folds to LONG S too: the longest run without `s` or `k` is one literal.
+            (r"(?i)unsubscribe(?:\s+here)?", Some(&["cribe"])),
+            // Case variants are capped at 256 (2^8), so the literal is cut to 8 bytes.
+            (r"(?i-u)unsubscribe(?:\s+here)?", Some(&["unsubscr"])),
+        ];
+        for (re, want) in cases {
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(factors(re), want, "{re}");
+        }
+    }
+
+    #[test]
+    fn factor_is_really_required() {
+        // Every literal in a factor set must occur in the text a match covers; checked by
+        // matching sample texts and verifying one factor occurs (case-insensitively).
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r"(?i)\b(?:cheap|low.cost)\s+(?:rolex|watches)\b",
+                &["Cheap ROLEX", "low-cost watches"],
+            ),
+            (
+                r"\$\d+(?:,\d{3})*\s+(?:million|billion)",
+                &["$12,000 million", "$5 billion"],
+            ),
+            (
+                r"(?:urgent|confidential)\s+(?:business|proposal)",
+                &["URGENT business"],
+            ),
+        ];
+        for (re, samples) in cases {
+            let lits = factors(re).unwrap_or_else(|| panic!("{re} has a factor"));
+            let rx = regex::Regex::new(&format!("(?i){re}")).unwrap();
+            for s in *samples {
+                let m = rx.find(s).unwrap_or_else(|| panic!("{re} matches {s}"));
+                let text = m.as_str().to_ascii_lowercase();
+                assert!(
+                    lits.iter().any(|l| text.contains(l.as_str())),
+                    "{re} {s} {lits:?}"
+                );
+            }
+        }
+    }
+}

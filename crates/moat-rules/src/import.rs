@@ -1,0 +1,1 @@
+//! Conversion of SpamAssassin rule files into a Moat pack.

@@ -1,0 +1,507 @@
+//! Table-driven tests of matchers, targets, meta rules, validation and pack tests.
+
+use crate::{Action, CompileOptions, Error, Field, Step, Targets, compile_str};
+
+fn pack(rules: &str) -> String {
+    format!(
+        "[pack]\nname = \"t\"\nversion = \"1\"\n[thresholds]\ntag = 1.0\nquarantine = 5.0\nreject = 10.0\n{rules}"
+    )
+}
+
+fn hits(rules: &str, t: &Targets<'_>) -> Vec<(String, Option<String>)> {
+    let compiled =
+        compile_str(&pack(rules), &CompileOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let r = compiled.scan(t);
+    r.packs[0]
+        .hits
+        .iter()
+        .map(|h| (h.rule.clone(), h.matched.clone()))
+        .collect()
+}
+
+fn one(field: Field, value: &str) -> Targets<'static> {
+    let mut t = Targets::new();
+    t.push_str(field, value.to_string());
+    t
+}
+
+#[test]
+fn matchers_table() {
+    // (rule body, field, value, expected matched text or None for no hit)
+    let cases: &[(&str, Field, &str, Option<&str>)] = &[
+        // literals: ASCII case-insensitive by default
+        (
+            r#"literals = ["viagra"]"#,
+            Field::Body,
+            "buy VIAGRA now",
+            Some("VIAGRA"),
+        ),
+        (
+            r#"literals = ["viagra"]"#,
+            Field::Body,
+            "buy v1agra now",
+            None,
+        ),
+        (r#"literals = ["gra"]"#, Field::Body, "viagra", Some("gra")),
+        (
+            r#"literals = ["Viagra"]
+case_sensitive = true"#,
+            Field::Body,
+            "VIAGRA viagra",
+            None,
+        ),
+        (
+            r#"literals = ["Viagra"]
+case_sensitive = true"#,
+            Field::Body,
+            "viagra Viagra",
+            Some("Viagra"),
+        ),
+        // words: boundaries on both sides
+        (r#"words = ["free"]"#, Field::Body, "freedom", None),
+        (r#"words = ["free"]"#, Field::Body, "carefree", None),
+        (
+            r#"words = ["free"]"#,
+            Field::Body,
+            "it's FREE!",
+            Some("FREE"),
+        ),
+        (r#"words = ["free"]"#, Field::Body, "free", Some("free")),
+        (r#"words = ["free"]"#, Field::Body, "free_offer", None),
+        (r#"words = ["prix"]"#, Field::Body, "prixé", None),
+        // literal and word in one rule
+        (
+            r#"literals = ["zzz"]
+words = ["win"]"#,
+            Field::Body,
+            "we win",
+            Some("win"),
+        ),
+        // regexes with a factor
+        (
+            r#"regex = '\$\d+ million'"#,
+            Field::Body,
+            "wire $25 million",
+            Some("$25 million"),
+        ),
+        (
+            r#"regex = '\$\d+ million'"#,
+            Field::Body,
+            "wire $ million",
+            None,
+        ),
+        (
+            r#"regex = 'urgent\s+reply'"#,
+            Field::Body,
+            "URGENT  Reply",
+            Some("URGENT  Reply"),
+        ),
+        (
+            r#"regex = 'urgent\s+reply'
+case_sensitive = true"#,
+            Field::Body,
+            "URGENT  Reply",
+            None,
+        ),
+        // regexes without a factor (regex set)
+        (
+            r#"regex = '^\d{5,}$'"#,
+            Field::Helo,
+            "123456",
+            Some("123456"),
+        ),
+        (
+            r#"regex = '^\d{5,}$'"#,
+            Field::Helo,
+            "mail1234567.example",
+            None,
+        ),
+        (
+            r#"regex = '[A-Z]{3}\d'"#,
+            Field::Subject,
+            "ref ABC7",
+            Some("ABC7"),
+        ),
+        // bytes: invalid UTF-8 is scanned, not refused
+        (
+            r#"regex = '(?-u)\xff\xfe'"#,
+            Field::RawBody,
+            "a\u{0}b",
+            None,
+        ),
+        // anchors apply per value
+        (
+            r#"regex = '^bad\.example$'"#,
+            Field::UrlHost,
+            "bad.example",
+            Some("bad.example"),
+        ),
+        (
+            r#"regex = '^bad\.example$'"#,
+            Field::UrlHost,
+            "notbad.example",
+            None,
+        ),
+    ];
+    for (i, (body, field, value, want)) in cases.iter().enumerate() {
+        let rules = format!(
+            "[[rule]]\nid = \"R\"\ntarget = \"{}\"\nscore = 1.0\n{body}\n",
+            field.as_str()
+        );
+        let got = hits(&rules, &one(*field, value));
+        let got = got.first().and_then(|(_, m)| m.as_deref());
+        assert_eq!(got, *want, "case {i}: {body} on {value:?}");
+    }
+}
+
+#[test]
+fn invalid_utf8_values_are_scanned() {
+    let mut t = Targets::new();
+    t.push(Field::RawBody, b"\xff\xfeFREE\xff".to_vec());
+    let got = hits(
+        "[[rule]]\nid = \"R\"\ntarget = \"raw-body\"\nwords = [\"free\"]\n[[rule]]\nid = \"S\"\ntarget = \"raw-body\"\nregex = '(?-u)\\xfe[A-Z]+\\xff'\n",
+        &t,
+    );
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    // Bytes >= 0x80 count as word bytes, so FREE between 0xfe and 0xff is not a word.
+    assert_eq!(ids, ["S"]);
+}
+
+#[test]
+fn every_target_reaches_its_rules() {
+    use crate::Target;
+    let mut t = Targets::new();
+    t.push_header("Subject", "s-value");
+    t.push_header("X-Mailer", "mailer-value");
+    for f in Field::ALL {
+        t.push_str(f, format!("{}-value", f.as_str()));
+    }
+    let mut targets: Vec<Target> = Field::ALL.iter().map(|f| Target::Field(*f)).collect();
+    targets.push(Target::AllHeaders);
+    targets.push(Target::Header("x-mailer".into()));
+    for target in targets {
+        let want = match &target {
+            Target::AllHeaders => "X-Mailer: mailer-value".to_string(),
+            Target::Header(_) => "mailer-value".to_string(),
+            Target::Field(f) => format!("{}-value", f.as_str()),
+        };
+        let rules = format!(
+            "[[rule]]\nid = \"R\"\ntarget = \"{target}\"\nregex = '^{}$'\n[[rule]]\nid = \"L\"\ntarget = \"{target}\"\nliterals = [\"{}\"]\n",
+            regex::escape(&want),
+            want
+        );
+        let got = hits(&rules, &t);
+        assert_eq!(
+            got,
+            [
+                ("R".to_string(), Some(want.clone())),
+                ("L".to_string(), Some(want.clone()))
+            ],
+            "{target}"
+        );
+        // And no other target feeds it.
+        let other = one(Field::Body, "unrelated");
+        if target != Target::Field(Field::Body) {
+            assert!(hits(&rules, &other).is_empty(), "{target}");
+        }
+    }
+}
+
+#[test]
+fn several_targets_per_rule() {
+    let rules =
+        "[[rule]]\nid = \"R\"\ntarget = [\"subject\", \"from-name\"]\nwords = [\"lottery\"]\n";
+    assert_eq!(
+        hits(rules, &one(Field::FromName, "Lottery Office")).len(),
+        1
+    );
+    assert_eq!(
+        hits(rules, &one(Field::Subject, "your lottery win")).len(),
+        1
+    );
+    assert!(hits(rules, &one(Field::Body, "lottery")).is_empty());
+}
+
+#[test]
+fn meta_rules_table() {
+    let base = r#"
+[[rule]]
+id = "A"
+target = "body"
+words = ["alpha"]
+[[rule]]
+id = "B"
+target = "body"
+words = ["beta"]
+[[rule]]
+id = "C"
+target = "subject"
+literals = ["!"]
+"#;
+    let cases: &[(&str, &str, &str, bool)] = &[
+        ("A && B", "alpha beta", "", true),
+        ("A && B", "alpha", "", false),
+        ("A || B", "beta", "", true),
+        ("A && !B", "alpha", "", true),
+        ("A && !B", "alpha beta", "", false),
+        ("(A || B) && C", "beta", "hi!", true),
+        ("(A || B) && C", "beta", "hi", false),
+        ("count(A, B, C) >= 2", "alpha", "!", true),
+        ("count(A, B, C) >= 2", "alpha", "", false),
+        ("hits(C) >= 3", "", "!!!", true),
+        ("hits(C) >= 3", "", "!!", false),
+        ("sum(A, C) == 3", "alpha", "!!", true),
+        ("A + B + C > 2", "alpha beta", "!", true),
+        ("M2", "alpha beta", "", true),
+        ("!M2", "alpha", "", true),
+    ];
+    for (expr, body, subject, want) in cases {
+        let rules = format!(
+            "{base}[[rule]]\nid = \"M\"\nmeta = \"{expr}\"\nscore = 2.0\n[[rule]]\nid = \"M2\"\nmeta = \"A && B\"\n"
+        );
+        let mut t = Targets::new();
+        t.push_str(Field::Body, body.to_string());
+        t.push_str(Field::Subject, subject.to_string());
+        let got = hits(&rules, &t).iter().any(|(id, _)| id == "M");
+        assert_eq!(got, *want, "{expr} body={body:?} subject={subject:?}");
+    }
+}
+
+#[test]
+fn scores_and_thresholds() {
+    let rules = r#"
+[[rule]]
+id = "A"
+target = "body"
+words = ["a1"]
+score = 1.5
+[[rule]]
+id = "B"
+target = "body"
+words = ["b1"]
+score = 4.0
+[[rule]]
+id = "C"
+target = "body"
+words = ["c1"]
+score = 6.0
+[[rule]]
+id = "NEG"
+target = "body"
+words = ["ok"]
+score = -2.0
+"#;
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let cases: &[(&str, f64, Action)] = &[
+        ("", 0.0, Action::Continue),
+        ("a1", 1.5, Action::Tag),
+        ("a1 b1", 5.5, Action::Quarantine),
+        ("b1 c1", 10.0, Action::Reject),
+        ("a1 b1 c1 ok", 9.5, Action::Quarantine),
+        ("a1 a1 a1", 1.5, Action::Tag),
+        ("ok", -2.0, Action::Continue),
+    ];
+    for (body, score, action) in cases {
+        let r = compiled.scan(&one(Field::Body, body));
+        assert_eq!(r.packs[0].score, *score, "{body}");
+        assert_eq!(r.packs[0].action, *action, "{body}");
+        assert_eq!(r.action(), *action, "{body}");
+    }
+}
+
+fn refusal(src: &str) -> (Step, Vec<String>) {
+    match compile_str(src, &CompileOptions::default()) {
+        Err(Error::Refused { step, problems }) => {
+            (step, problems.iter().map(|p| p.to_string()).collect())
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("accepted:\n{src}"),
+    }
+}
+
+#[test]
+fn validation_collects_every_problem_with_line_and_rule() {
+    let src = pack(
+        r#"
+[[rule]]
+id = "NO_TARGET"
+literals = ["x"]
+
+[[rule]]
+id = "BAD_TARGET"
+target = "bodies"
+literals = ["x"]
+
+[[rule]]
+id = "TWO_KINDS"
+target = "body"
+literals = ["x"]
+regex = "x"
+
+[[rule]]
+id = "NO_KIND"
+target = "body"
+
+[[rule]]
+id = "BAD_META"
+meta = "NO_TARGET && MISSING"
+
+[[rule]]
+id = "NO_TARGET"
+target = "body"
+literals = ["y"]
+
+[[rule]]
+id = "9bad"
+target = "body"
+literals = [""]
+
+[[rule]]
+id = "CYCLE_A"
+meta = "CYCLE_B"
+
+[[rule]]
+id = "CYCLE_B"
+meta = "CYCLE_A || NO_KIND"
+
+[[test]]
+name = "refers to nothing"
+snippet = { body = "x" }
+must_hit = ["NOPE"]
+verdict = "bounce"
+"#,
+    );
+    let (step, problems) = refusal(&src);
+    assert_eq!(step, Step::Validate);
+    let want = [
+        "<inline>:10: rule NO_TARGET: missing target",
+        "<inline>:14: rule BAD_TARGET: unknown target \"bodies\"",
+        "<inline>:19: rule TWO_KINDS: more than one matcher kind",
+        "<inline>:25: rule NO_KIND: no matcher",
+        "<inline>:33: rule NO_TARGET: duplicate rule id",
+        "<inline>:38: rule 9bad: invalid rule id",
+        "<inline>:38: rule 9bad: empty literal",
+        "meta refers to unknown rule MISSING",
+        "meta rules form a cycle",
+        "rule NOPE: test \"refers to nothing\": unknown rule NOPE",
+        "unknown verdict \"bounce\"",
+    ];
+    for w in want {
+        assert!(
+            problems.iter().any(|p| p.contains(w)),
+            "missing {w:?} in:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+#[test]
+fn compile_errors_name_the_rule() {
+    let cases: &[(&str, &str)] = &[
+        ("regex = 'a(b'", "rule BAD: bad regex"),
+        ("regex = '(?<=a)b'", "rule BAD: bad regex"),
+        // A program too large for the size limit is refused, not built.
+        ("regex = '(?:\\w{50}){50}'", "rule BAD: bad regex"),
+    ];
+    for (body, want) in cases {
+        let src = pack(&format!(
+            "[[rule]]\nid = \"BAD\"\ntarget = \"body\"\n{body}\n"
+        ));
+        let (step, problems) = refusal(&src);
+        assert_eq!(step, Step::Compile, "{body}");
+        assert!(problems[0].contains(want), "{body}: {problems:?}");
+    }
+}
+
+#[test]
+fn load_errors_have_lines() {
+    let (step, problems) = refusal("[pack]\nname = \"x\"\nversion = \"1\"\nbogus = 1\n");
+    assert_eq!(step, Step::Load);
+    assert!(problems[0].starts_with("<inline>:4:"), "{problems:?}");
+    let (_, problems) = refusal(&pack(
+        "[[rule]]\nid = \"A\"\ntarget = \"body\"\nliteral = [\"x\"]\n",
+    ));
+    assert!(problems[0].contains("unknown field"), "{problems:?}");
+}
+
+#[test]
+fn thresholds_must_be_ordered() {
+    let (_, problems) =
+        refusal("[pack]\nname = \"x\"\nversion = \"1\"\n[thresholds]\ntag = 5.0\nreject = 3.0\n");
+    assert!(
+        problems[0].contains("threshold tag (5) is above reject (3)"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn snippet_tests_pass_and_fail() {
+    let rules = r#"
+[[rule]]
+id = "LOTTO"
+target = "subject"
+words = ["lottery"]
+score = 2.0
+[[rule]]
+id = "HDR"
+target = "header:X-Mailer"
+literals = ["massmail"]
+score = 9.0
+"#;
+    let good = format!(
+        "{rules}[[test]]\nname = \"ok\"\nsnippet = {{ subject = \"Lottery win\", \"header:X-Mailer\" = \"MassMail 2\" }}\nmust_hit = [\"LOTTO\", \"HDR\"]\nverdict = \"reject\"\n"
+    );
+    let compiled = compile_str(&pack(&good), &CompileOptions::default()).unwrap();
+    assert_eq!(crate::run_tests(&compiled, None).unwrap(), 1);
+
+    let bad = format!(
+        "{rules}[[test]]\nname = \"wrong\"\nsnippet = {{ subject = \"Lottery win\" }}\nmust_hit = [\"HDR\"]\nmust_not_hit = [\"LOTTO\"]\nverdict = \"continue\"\n"
+    );
+    let compiled = compile_str(&pack(&bad), &CompileOptions::default()).unwrap();
+    let err = crate::run_tests(&compiled, None).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(
+        err,
+        Error::Refused {
+            step: Step::Test,
+            ..
+        }
+    ));
+    for want in [
+        "rule HDR: test \"wrong\": rule HDR did not hit",
+        "rule LOTTO: test \"wrong\": rule LOTTO hit but must not (matched \"Lottery\")",
+        "verdict tag (score 2, rules LOTTO) but expected continue",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
+    // A message test without an extractor is a failure, not a pass.
+    let msg = format!("{rules}[[test]]\nname = \"m\"\nmessage = \"Subject: x\\n\\nbody\"\n");
+    let compiled = compile_str(&pack(&msg), &CompileOptions::default()).unwrap();
+    assert!(crate::run_tests(&compiled, None).is_err());
+}
+
+#[test]
+fn many_rules_compile_and_scan() {
+    // 3,000 rules over one target, mixing literals, words and regexes with and without
+    // factors: every one must still be found.
+    let mut src = String::new();
+    for i in 0..1000 {
+        src.push_str(&format!(
+            "[[rule]]\nid = \"L{i}\"\ntarget = \"body\"\nliterals = [\"lit{i}x\"]\n\
+             [[rule]]\nid = \"R{i}\"\ntarget = \"body\"\nregex = 'reg{i}y\\d+'\n\
+             [[rule]]\nid = \"S{i}\"\ntarget = \"body\"\nregex = '^\\d+-{i}-\\d+$'\n"
+        ));
+    }
+    let compiled = compile_str(&pack(&src), &CompileOptions::default()).unwrap();
+    for i in [0, 17, 999] {
+        for (value, want) in [
+            (format!("see lit{i}x here"), format!("L{i}")),
+            (format!("a reg{i}y42 b"), format!("R{i}")),
+            (format!("7-{i}-8"), format!("S{i}")),
+        ] {
+            let r = compiled.scan(&one(Field::Body, &value));
+            let ids: Vec<&str> = r.packs[0].hits.iter().map(|h| h.rule.as_str()).collect();
+            assert_eq!(ids, [want.as_str()], "{value}");
+        }
+    }
+}
