@@ -1,0 +1,981 @@
+//! The configuration file: schema, loading with every error collected, and `build()` into the
+//! runtime objects.
+//!
+//! Loading runs in three passes so that one run reports every problem in a file:
+//! 1. TOML syntax (the parser stops at the first syntax error; its line and column are given);
+//! 2. shape: unknown keys and values of the wrong type. Each failure is recorded with its key
+//!    path, the offending key is removed, and deserialisation runs again, until it succeeds;
+//! 3. meaning ([`Config::build`]): address ranges, files, cross-field rules.
+//!
+//! Every error carries its key path (`connector[1].limits.max_recipients`) and, where the key
+//! is in the file, its line. `moat check-config` and start-up run the same code.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use moat_smtp::{Connector, Limits, Role};
+use serde::Deserialize;
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, `connector[0].listen`; empty for file-level errors.
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.line, self.path.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A duration written as `30s`, `5m`, `100ms`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+/// The whole file. Every key is optional; what is left out takes the embedded default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Host name used in the greeting, EHLO and `Received:` headers. Default: the system's.
+    pub hostname: Option<String>,
+    /// Domains this node accepts mail for; anything else needs a relay permission.
+    pub accepted_domains: Vec<String>,
+    /// Where accepted messages are made durable.
+    pub spool: SpoolConfig,
+    /// The admin listener (metrics, health, admin calls).
+    pub admin: AdminConfig,
+    /// Certificate used by every connector that names none itself.
+    pub tls: Option<TlsConfig>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Receive connectors. Default: `mx` on 127.0.0.1:2525 and `submission` on 127.0.0.1:2587.
+    pub connector: Vec<ConnectorConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hostname: None,
+            accepted_domains: vec!["example.test".into()],
+            spool: SpoolConfig::default(),
+            admin: AdminConfig::default(),
+            tls: None,
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            connector: vec![
+                ConnectorConfig::new("mx", "127.0.0.1:2525", RoleConfig::Mx),
+                ConnectorConfig::new("submission", "127.0.0.1:2587", RoleConfig::Submission),
+            ],
+        }
+    }
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SpoolConfig {
+    /// Directory of the spool; created if missing.
+    pub dir: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("moat-data/spool"),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Keep it on loopback or a management network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
+        }
+    }
+}
+
+/// `[tls]` or a connector's `tls`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a full filter such as
+    /// `info,moat_smtp=debug`. The `MOAT_LOG` environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long open transactions may take to finish before the remaining
+    /// sessions get 421.
+    pub grace: Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// A connector's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleConfig {
+    /// Internet-facing MX.
+    Mx,
+    /// Client submission.
+    Submission,
+}
+
+/// `[[connector]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ConnectorConfig {
+    /// Unique name (logs, metrics, `Received:`).
+    pub name: String,
+    /// Address and port to listen on.
+    pub listen: String,
+    /// `mx` or `submission`.
+    pub role: RoleConfig,
+    /// Client ranges allowed to connect. Default: everyone.
+    pub remote_ranges: Vec<String>,
+    /// Client ranges allowed to relay to any domain without AUTH. Default: none.
+    pub relay_ranges: Vec<String>,
+    /// Load balancers that send a PROXY header (v1 or v2). Default: none.
+    pub proxy_from: Vec<String>,
+    /// Refuse MAIL before STARTTLS. Default: true for submission.
+    pub require_tls: Option<bool>,
+    /// Offer AUTH (after STARTTLS). Default: true for submission.
+    pub auth: Option<bool>,
+    /// Refuse MAIL before AUTH. Default: true for submission.
+    pub require_auth: Option<bool>,
+    /// Users file (`name:argon2-hash` per line) for AUTH.
+    pub users_file: Option<PathBuf>,
+    /// Certificate for this connector (else `[tls]`, else a self-signed one).
+    pub tls: Option<TlsConfig>,
+    /// Simultaneous connections on this connector.
+    pub max_connections: usize,
+    /// Simultaneous connections per client address.
+    pub max_connections_per_ip: usize,
+    /// Session limits.
+    pub limits: LimitsConfig,
+}
+
+impl ConnectorConfig {
+    fn new(name: &str, listen: &str, role: RoleConfig) -> Self {
+        Self {
+            name: name.into(),
+            listen: listen.into(),
+            role,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            listen: String::new(),
+            role: RoleConfig::Mx,
+            remote_ranges: vec!["0.0.0.0/0".into(), "::/0".into()],
+            relay_ranges: Vec::new(),
+            proxy_from: Vec::new(),
+            require_tls: None,
+            auth: None,
+            require_auth: None,
+            users_file: None,
+            tls: None,
+            max_connections: 2048,
+            max_connections_per_ip: 50,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `[connector.limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Longest command or text line in octets, CRLF included.
+    pub max_line_length: usize,
+    /// Largest message in octets.
+    pub max_message_size: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Error replies before the session is closed with 421.
+    pub max_errors: u32,
+    /// Messages per session (0: unlimited).
+    pub max_messages_per_session: usize,
+    /// Waiting for a command.
+    pub command_timeout: Dur,
+    /// Waiting for each block of message data.
+    pub data_block_timeout: Dur,
+    /// The whole DATA phase.
+    pub data_total_timeout: Dur,
+    /// Waiting for a PROXY header.
+    pub proxy_timeout: Dur,
+    /// TLS handshake.
+    pub tls_handshake_timeout: Dur,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_line_length: l.max_line_length,
+            max_message_size: l.max_message_size,
+            max_recipients: l.max_recipients,
+            max_errors: l.max_errors,
+            max_messages_per_session: l.max_messages_per_session,
+            command_timeout: Dur(l.command_timeout),
+            data_block_timeout: Dur(l.data_block_timeout),
+            data_total_timeout: Dur(l.data_total_timeout),
+            proxy_timeout: Dur(l.proxy_timeout),
+            tls_handshake_timeout: Dur(l.tls_handshake_timeout),
+        }
+    }
+}
+
+/// Where a configuration came from, for error lines.
+pub struct Source {
+    text: String,
+    doc: Option<toml_edit::Document<String>>,
+}
+
+impl Source {
+    /// Finds the line of a dotted key path in the file (the deepest part of the path that
+    /// exists there).
+    fn line_of(&self, path: &str) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut node = Node::Item(doc.as_item());
+        let mut span = None;
+        for seg in split_path(path) {
+            let Some((next, s)) = node.child(&seg) else {
+                break;
+            };
+            span = s.or(span);
+            node = next;
+        }
+        line_at(&self.text, span)
+    }
+}
+
+/// A position in a parsed document: items, tables inside arrays of tables, and values.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Item(&'a toml_edit::Item),
+    Table(&'a toml_edit::Table),
+    Value(&'a toml_edit::Value),
+}
+
+type Span = Option<std::ops::Range<usize>>;
+
+impl<'a> Node<'a> {
+    fn child(self, seg: &Seg<'_>) -> Option<(Node<'a>, Span)> {
+        match (self, seg) {
+            (Node::Item(item), Seg::Key(k)) => {
+                let (key, value) = item.as_table_like()?.get_key_value(k)?;
+                Some((Node::Item(value), key.span().or(value.span())))
+            }
+            (Node::Table(t), Seg::Key(k)) => {
+                let (key, value) = t.get_key_value(k)?;
+                Some((Node::Item(value), key.span().or(value.span())))
+            }
+            (Node::Value(toml_edit::Value::InlineTable(t)), Seg::Key(k)) => {
+                let (key, value) = t.get_key_value(k)?;
+                Some((Node::Item(value), key.span().or(value.span())))
+            }
+            (Node::Item(toml_edit::Item::ArrayOfTables(a)), Seg::Index(i)) => {
+                let t = a.get(*i)?;
+                Some((Node::Table(t), t.span()))
+            }
+            (Node::Item(toml_edit::Item::Value(toml_edit::Value::Array(a))), Seg::Index(i))
+            | (Node::Value(toml_edit::Value::Array(a)), Seg::Index(i)) => {
+                let v = a.get(*i)?;
+                Some((Node::Value(v), v.span()))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn line_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
+    let start = span?.start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn split_path(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            out.push(Seg::Key(key));
+        }
+        for idx in rest.split('[') {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                out.push(Seg::Index(i));
+            }
+        }
+    }
+    out
+}
+
+/// Formats a serde_path_to_error path as `a.b[1].c`.
+fn format_path(path: &serde_path_to_error::Path) -> String {
+    let mut s = String::new();
+    for seg in path.iter() {
+        match seg {
+            serde_path_to_error::Segment::Seq { index } => s.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key } => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(key);
+            }
+            serde_path_to_error::Segment::Enum { variant } => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(variant);
+            }
+            serde_path_to_error::Segment::Unknown => s.push_str(".?"),
+        }
+    }
+    s
+}
+
+/// serde_ignored writes `connector.0.name`; the rest of Moat writes `connector[0].name`.
+fn bracket_indices(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('.') {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// Removes the value at `path` from `root`; false when there is nothing to remove.
+fn remove_path(root: &mut toml::Value, path: &str) -> bool {
+    let segs = split_path(path);
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut v = root;
+    for seg in parents {
+        v = match (seg, v) {
+            (Seg::Key(k), toml::Value::Table(t)) => match t.get_mut(*k) {
+                Some(x) => x,
+                None => return false,
+            },
+            (Seg::Index(i), toml::Value::Array(a)) => match a.get_mut(*i) {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, v) {
+        (Seg::Key(k), toml::Value::Table(t)) => t.remove(*k).is_some(),
+        (Seg::Index(i), toml::Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+impl Config {
+    /// Parses configuration text, collecting every syntax and shape error. With shape errors,
+    /// the configuration without the offending keys is returned beside them, so that
+    /// [`Config::check`] can report meaning errors in the same run.
+    fn parse_lenient(text: &str) -> (Option<Config>, Source, Vec<ConfigError>) {
+        let doc = toml_edit::Document::parse(text.to_string()).ok();
+        let source = Source {
+            text: text.to_string(),
+            doc,
+        };
+        let mut value: toml::Value = match toml::from_str::<toml::Table>(text) {
+            Ok(t) => toml::Value::Table(t),
+            Err(e) => {
+                let line = line_at(text, e.span());
+                let error = ConfigError {
+                    path: String::new(),
+                    line,
+                    message: format!("TOML syntax: {}", e.message()),
+                };
+                return (None, source, vec![error]);
+            }
+        };
+        let mut errors: Vec<ConfigError> = Vec::new();
+        // Each round removes at least one offending key, so this ends.
+        for _ in 0..1000 {
+            let mut unknown = Vec::new();
+            let mut track = serde_path_to_error::Track::new();
+            let result = {
+                let de = serde_path_to_error::Deserializer::new(value.clone(), &mut track);
+                serde_ignored::deserialize(de, |p| unknown.push(bracket_indices(&p.to_string())))
+            };
+            for path in unknown {
+                if errors.iter().any(|e| e.path == path) {
+                    continue;
+                }
+                errors.push(ConfigError {
+                    line: source.line_of(&path),
+                    message: "unknown key".into(),
+                    path,
+                });
+            }
+            match result {
+                Ok(config) => return (Some(config), source, errors),
+                Err(e) => {
+                    let path = format_path(&track.path());
+                    let message = e.message().to_string();
+                    let removed = remove_path(&mut value, &path);
+                    errors.push(ConfigError {
+                        line: source.line_of(&path),
+                        message,
+                        path,
+                    });
+                    if !removed {
+                        return (None, source, errors);
+                    }
+                }
+            }
+        }
+        (None, source, errors)
+    }
+
+    /// Parses configuration text; any syntax or shape error is an error.
+    #[cfg(test)]
+    pub fn parse(text: &str) -> Result<(Config, Source), Vec<ConfigError>> {
+        match Self::parse_lenient(text) {
+            (Some(c), s, e) if e.is_empty() => Ok((c, s)),
+            (_, _, e) => Err(e),
+        }
+    }
+
+    /// Parses and builds in one go, reporting shape and meaning errors together (meaning
+    /// errors under a key that already has a shape error are left out).
+    pub fn check(text: &str) -> Result<Runtime, Vec<ConfigError>> {
+        let (config, source, mut errors) = Self::parse_lenient(text);
+        let Some(config) = config else {
+            return Err(errors);
+        };
+        match config.build(&source) {
+            Ok(rt) if errors.is_empty() => Ok(rt),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                let shaped: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+                errors.extend(
+                    more.into_iter()
+                        .filter(|m| !shaped.iter().any(|p| m.path.starts_with(p.as_str()))),
+                );
+                errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+                Err(errors)
+            }
+        }
+    }
+
+    /// Reads, parses and builds a file, reporting every error.
+    pub fn load(path: &Path) -> Result<Runtime, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }]
+        })?;
+        Self::check(&text)
+    }
+
+    /// The embedded defaults (what `moat run` uses without `--config`).
+    pub fn embedded() -> (Config, Source) {
+        (
+            Config::default(),
+            Source {
+                text: String::new(),
+                doc: None,
+            },
+        )
+    }
+
+    /// Checks meaning and builds the runtime objects (loads certificates and users files;
+    /// binds nothing). Collects every error.
+    pub fn build(&self, source: &Source) -> Result<Runtime, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |path: String, message: String| {
+            errors.push(ConfigError {
+                line: source.line_of(&path),
+                path,
+                message,
+            });
+        };
+
+        let hostname = match &self.hostname {
+            Some(h) if is_hostname(h) => h.to_ascii_lowercase(),
+            Some(h) => {
+                err("hostname".into(), format!("{h:?} is not a valid host name"));
+                String::new()
+            }
+            None => system_hostname(),
+        };
+
+        let mut accepted = Vec::new();
+        for (i, d) in self.accepted_domains.iter().enumerate() {
+            if is_hostname(d) {
+                accepted.push(d.to_ascii_lowercase());
+            } else {
+                err(
+                    format!("accepted_domains[{i}]"),
+                    format!("{d:?} is not a valid domain"),
+                );
+            }
+        }
+
+        let default_tls = match &self.tls {
+            Some(t) => match moat_smtp::tls::load(&t.cert, &t.key) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    err("tls".into(), e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        // Made once, shared by every connector without a certificate of its own.
+        let mut self_signed: Option<Arc<rustls::ServerConfig>> = None;
+
+        let mut connectors = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut binds = std::collections::HashSet::new();
+        if self.connector.is_empty() {
+            err(
+                "connector".into(),
+                "at least one connector is needed".into(),
+            );
+        }
+        for (i, c) in self.connector.iter().enumerate() {
+            let p = |k: &str| format!("connector[{i}].{k}");
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                err(
+                    p("name"),
+                    "must be non-empty: letters, digits, '-' and '_'".into(),
+                );
+            } else if !names.insert(c.name.clone()) {
+                err(p("name"), format!("connector name {:?} used twice", c.name));
+            }
+            let bind: Option<SocketAddr> = match c.listen.parse() {
+                Ok(a) => {
+                    if !binds.insert(a) {
+                        err(p("listen"), format!("{a} is used by another connector"));
+                    }
+                    Some(a)
+                }
+                Err(_) => {
+                    err(
+                        p("listen"),
+                        format!("{:?} is not an address:port", c.listen),
+                    );
+                    None
+                }
+            };
+            let mut ranges = |key: &str, list: &[String]| -> Vec<IpNet> {
+                let mut out = Vec::new();
+                for (j, r) in list.iter().enumerate() {
+                    match parse_range(r) {
+                        Some(n) => out.push(n),
+                        None => err(
+                            format!("connector[{i}].{key}[{j}]"),
+                            format!("{r:?} is not an IP address or CIDR range"),
+                        ),
+                    }
+                }
+                out
+            };
+            let remote = ranges("remote_ranges", &c.remote_ranges);
+            let relay = ranges("relay_ranges", &c.relay_ranges);
+            let proxy = ranges("proxy_from", &c.proxy_from);
+
+            let role = match c.role {
+                RoleConfig::Mx => Role::Mx,
+                RoleConfig::Submission => Role::Submission,
+            };
+            let submission = role == Role::Submission;
+            let offer_auth = c.auth.unwrap_or(submission);
+            let require_auth = c.require_auth.unwrap_or(submission);
+            let require_tls = c.require_tls.unwrap_or(submission);
+            if require_auth && !offer_auth {
+                err(
+                    p("require_auth"),
+                    "AUTH is required but not offered (auth = false)".into(),
+                );
+            }
+            let users = match &c.users_file {
+                Some(f) => match moat_smtp::auth::Users::load(f) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        err(p("users_file"), e.to_string());
+                        Default::default()
+                    }
+                },
+                None => Default::default(),
+            };
+            if c.users_file.is_some() && !offer_auth {
+                err(
+                    p("users_file"),
+                    "a users file is set but AUTH is not offered (auth = false)".into(),
+                );
+            }
+            let tls = match &c.tls {
+                Some(t) => match moat_smtp::tls::load(&t.cert, &t.key) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        err(p("tls"), e.to_string());
+                        None
+                    }
+                },
+                None => default_tls.clone(),
+            };
+            let limits = &c.limits;
+            let lp = |k: &str| format!("connector[{i}].limits.{k}");
+            if limits.max_line_length < 512 {
+                err(
+                    lp("max_line_length"),
+                    "must be at least 512 (RFC 5321 §4.5.3.1)".into(),
+                );
+            }
+            if limits.max_message_size < 1024 {
+                err(
+                    lp("max_message_size"),
+                    "must be at least 1024 octets".into(),
+                );
+            }
+            if limits.max_recipients == 0 {
+                err(
+                    lp("max_recipients"),
+                    "must be at least 1 (RFC 5321 asks for 100)".into(),
+                );
+            }
+            if limits.max_errors == 0 {
+                err(lp("max_errors"), "must be at least 1".into());
+            }
+            for (k, d) in [
+                ("command_timeout", limits.command_timeout),
+                ("data_block_timeout", limits.data_block_timeout),
+                ("data_total_timeout", limits.data_total_timeout),
+                ("proxy_timeout", limits.proxy_timeout),
+                ("tls_handshake_timeout", limits.tls_handshake_timeout),
+            ] {
+                if d.0.is_zero() {
+                    err(lp(k), "must be longer than zero".into());
+                }
+            }
+            if c.max_connections == 0 || c.max_connections_per_ip == 0 {
+                err(
+                    p("max_connections"),
+                    "connection limits must be at least 1".into(),
+                );
+            }
+            let Some(bind) = bind else { continue };
+            let mut conn = Connector::new(c.name.clone(), bind, role);
+            conn.remote_ranges = remote;
+            conn.relay_ranges = relay;
+            conn.proxy_from = proxy;
+            conn.require_tls = require_tls;
+            conn.offer_auth = offer_auth;
+            conn.require_auth = require_auth;
+            conn.users = users;
+            conn.tls = tls;
+            conn.max_connections = c.max_connections;
+            conn.max_connections_per_ip = c.max_connections_per_ip;
+            conn.limits = Limits {
+                max_line_length: limits.max_line_length,
+                max_message_size: limits.max_message_size,
+                max_recipients: limits.max_recipients,
+                max_errors: limits.max_errors,
+                max_messages_per_session: limits.max_messages_per_session,
+                command_timeout: limits.command_timeout.0,
+                data_block_timeout: limits.data_block_timeout.0,
+                data_total_timeout: limits.data_total_timeout.0,
+                proxy_timeout: limits.proxy_timeout.0,
+                tls_handshake_timeout: limits.tls_handshake_timeout.0,
+            };
+            connectors.push(conn);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Connectors without a certificate get one self-signed certificate for the node, so
+        // STARTTLS works out of the box. Built last: only when everything else is valid.
+        for conn in &mut connectors {
+            if conn.tls.is_none() {
+                if self_signed.is_none() {
+                    match moat_smtp::tls::self_signed(&hostname) {
+                        Ok(c) => self_signed = Some(c),
+                        Err(e) => {
+                            return Err(vec![ConfigError {
+                                path: "tls".into(),
+                                line: None,
+                                message: format!("cannot make a self-signed certificate: {e}"),
+                            }]);
+                        }
+                    }
+                }
+                conn.tls = self_signed.clone();
+            }
+        }
+        Ok(Runtime {
+            hostname,
+            accepted_domains: accepted,
+            connectors,
+            spool_dir: self.spool.dir.clone(),
+            admin_listen: self.admin.listen,
+            grace: self.shutdown.grace.0,
+            log_level: self.log.level.clone(),
+            self_signed: self_signed.is_some(),
+        })
+    }
+}
+
+/// The checked configuration, ready to run.
+pub struct Runtime {
+    /// Host name.
+    pub hostname: String,
+    /// Accepted domains, lower-case.
+    pub accepted_domains: Vec<String>,
+    /// Receive connectors.
+    pub connectors: Vec<Connector>,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Shutdown grace period.
+    pub grace: Duration,
+    /// Log filter.
+    pub log_level: String,
+    /// Some connector uses the generated self-signed certificate.
+    pub self_signed: bool,
+}
+
+fn parse_range(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| is_hostname(s))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_build() {
+        let (c, s) = Config::embedded();
+        let rt = c.build(&s).unwrap();
+        assert_eq!(rt.connectors.len(), 2);
+        let mx = &rt.connectors[0];
+        assert_eq!(mx.bind, "127.0.0.1:2525".parse().unwrap());
+        assert!(mx.relay_ranges.is_empty(), "nobody may relay by default");
+        let sub = &rt.connectors[1];
+        assert_eq!(sub.bind, "127.0.0.1:2587".parse().unwrap());
+        assert!(sub.require_tls && sub.require_auth && sub.offer_auth);
+        assert_eq!(rt.accepted_domains, vec!["example.test"]);
+        assert_eq!(rt.admin_listen, "127.0.0.1:9025".parse().unwrap());
+        assert!(rt.connectors.iter().all(|c| c.tls.is_some()));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_path_and_line() {
+        let text = r#"
+hostname = "mx.example.test"
+bogus = 1
+accepted_domains = ["example.test", "bad domain"]
+
+[admin]
+listen = "not an address"
+
+[[connector]]
+name = "mx"
+listen = "127.0.0.1:2525"
+role = "relay"
+relay_ranges = ["10.0.0.0/8", "10.0.0.0/33"]
+
+[connector.limits]
+max_recipients = "many"
+command_timeout = "5 parsecs"
+colour = "blue"
+
+[[connector]]
+name = "mx"
+listen = "127.0.0.1:2525"
+"#;
+        let errors = Config::parse(text).err().unwrap();
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let has = |path: &str, line: usize| {
+            errors
+                .iter()
+                .any(|e| e.path == path && e.line == Some(line))
+        };
+        // Shape errors are all found in one run.
+        assert!(has("bogus", 3), "{shown:#?}");
+        assert!(has("admin.listen", 7), "{shown:#?}");
+        assert!(has("connector[0].role", 12), "{shown:#?}");
+        assert!(has("connector[0].limits.max_recipients", 16), "{shown:#?}");
+        assert!(has("connector[0].limits.command_timeout", 17), "{shown:#?}");
+        assert!(has("connector[0].limits.colour", 18), "{shown:#?}");
+        assert_eq!(errors.len(), 6, "{shown:#?}");
+
+        // Once the shape is right, meaning errors are all reported too.
+        let fixed = text
+            .replace("bogus = 1\n", "")
+            .replace("\"not an address\"", "\"127.0.0.1:9025\"")
+            .replace("\"relay\"", "\"mx\"")
+            .replace("\"many\"", "100")
+            .replace("\"5 parsecs\"", "\"5m\"")
+            .replace("colour = \"blue\"\n", "");
+        let (c, s) = Config::parse(&fixed).unwrap();
+        let errors = c.build(&s).err().unwrap();
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"accepted_domains[1]"), "{shown:#?}");
+        assert!(
+            paths.contains(&"connector[0].relay_ranges[1]"),
+            "{shown:#?}"
+        );
+        assert!(paths.contains(&"connector[1].name"), "{shown:#?}");
+        assert!(paths.contains(&"connector[1].listen"), "{shown:#?}");
+        assert!(errors.iter().all(|e| e.line.is_some()), "{shown:#?}");
+
+        // `check` reports both kinds in one run.
+        let all = Config::check(text).err().unwrap();
+        let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "bogus",
+            "admin.listen",
+            "connector[0].role",
+            "accepted_domains[1]",
+            "connector[0].relay_ranges[1]",
+            "connector[1].listen",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let errors = Config::parse("hostname = \"x\"\n[admin\n").err().unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(2), "{:?}", errors);
+    }
+
+    #[test]
+    fn durations_and_ranges() {
+        let (c, s) = Config::parse(
+            r#"
+[[connector]]
+name = "edge"
+listen = "127.0.0.1:0"
+relay_ranges = ["192.0.2.1", "2001:db8::/32"]
+limits = { command_timeout = "90s", data_total_timeout = "1h" }
+"#,
+        )
+        .unwrap();
+        let rt = c.build(&s).unwrap();
+        let conn = &rt.connectors[0];
+        assert_eq!(conn.limits.command_timeout, Duration::from_secs(90));
+        assert_eq!(conn.limits.data_total_timeout, Duration::from_secs(3600));
+        assert!(conn.allows_relay("192.0.2.1".parse().unwrap()));
+        assert!(!conn.allows_relay("192.0.2.2".parse().unwrap()));
+        assert!(conn.allows_relay("2001:db8::5".parse().unwrap()));
+    }
+}
