@@ -33,17 +33,12 @@ pub fn is_accepted_domain(domain: &str, accepted: &[String]) -> bool {
 
 /// Decides whether a recipient may be accepted from this client.
 pub fn relay_decision(address: &str, accepted: &[String], may_relay: bool) -> RelayDecision {
-    let local = match split(address) {
-        Some((local, domain))
-            if !local.contains(['@', '%', '!'])
-                && !domain.starts_with('[')
-                && !domain.ends_with('.')
-                && is_accepted_domain(domain, accepted) =>
-        {
-            true
-        }
-        _ => false,
-    };
+    let local = split(address).is_some_and(|(local, domain)| {
+        !local.contains(['@', '%', '!'])
+            && !domain.starts_with('[')
+            && !domain.ends_with('.')
+            && is_accepted_domain(domain, accepted)
+    });
     match (local, may_relay) {
         (true, _) => RelayDecision::Local,
         (false, true) => RelayDecision::Relay,

@@ -246,7 +246,9 @@ mod tests {
 
     #[test]
     fn terminator_and_unstuffing() {
-        let cases: &[(&[&[u8]], &[u8], Option<usize>, bool)] = &[
+        // (input chunks, content, octets consumed, clean)
+        type Case<'a> = (&'a [&'a [u8]], &'a [u8], Option<usize>, bool);
+        let cases: &[Case<'_>] = &[
             (&[b"a\r\n.\r\n"], b"a\r\n", Some(6), true),
             (&[b".\r\n"], b"", Some(3), true),
             (&[b"..x\r\n.\r\n"], b".x\r\n", Some(8), true),
