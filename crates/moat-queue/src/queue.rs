@@ -180,6 +180,8 @@ pub struct Job {
     rcpts: Vec<(u32, String)>,
     received: SystemTime,
     attempts: u32,
+    eight_bit: bool,
+    smtputf8: bool,
     done: bool,
 }
 
@@ -217,6 +219,14 @@ impl Job {
     /// The most failed attempts of any recipient in this job.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+    /// The client declared `BODY=8BITMIME`.
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+    /// The client declared `SMTPUTF8`.
+    pub fn smtputf8(&self) -> bool {
+        self.smtputf8
     }
 }
 
@@ -445,6 +455,8 @@ impl Queue {
                 rcpts,
                 received,
                 attempts: attempts.unwrap_or(0),
+                eight_bit: e.meta.eight_bit,
+                smtputf8: e.meta.smtputf8,
                 done: false,
             });
         }
@@ -656,6 +668,32 @@ impl Queue {
         drop(st);
         self.shared.due.notify_waiters();
         Ok(())
+    }
+
+    /// Makes every deferred message due now (memory only), for example when a next hop
+    /// that was down answers again. Returns how many messages were rescheduled.
+    pub fn retry_deferred(&self) -> usize {
+        let mut st = self.shared.lock();
+        let now = record::now();
+        let ids: Vec<u64> = st
+            .msgs
+            .iter()
+            .filter(|(_, e)| !e.meta.held && e.meta.rcpts.iter().any(|r| r.1.attempts() > 0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(e) = st.msgs.get_mut(id) {
+                for (_, s) in &mut e.meta.rcpts {
+                    if let RcptStatus::Deferred { next_attempt, .. } = s {
+                        *next_attempt = now;
+                    }
+                }
+            }
+            st.reschedule(*id);
+        }
+        drop(st);
+        self.shared.due.notify_waiters();
+        ids.len()
     }
 
     /// Holds a message: it is not delivered until released. Durable when it resolves.
