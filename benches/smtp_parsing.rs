@@ -6,7 +6,8 @@ use moat_smtp::data::{DataReader, Progress};
 
 fn message(size: usize) -> Vec<u8> {
     let mut m = b"From: a@sender.test\r\nTo: b@example.test\r\nSubject: bench\r\n\r\n".to_vec();
-    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n";
+    let line =
+        b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n";
     while m.len() < size {
         m.extend_from_slice(line);
         if m.len() % 7 == 0 {

@@ -72,6 +72,11 @@ pub trait Stage: Send + Sync {
         Box::pin(async { Verdict::Continue })
     }
 
+    /// Called after HELO/EHLO (`session.helo` is set).
+    fn helo<'a>(&'a self, _session: &'a SessionInfo) -> StageFuture<'a> {
+        Box::pin(async { Verdict::Continue })
+    }
+
     /// Called after MAIL FROM was parsed (envelope has the sender only).
     fn mail<'a>(&'a self, _session: &'a SessionInfo, _env: &'a Envelope) -> StageFuture<'a> {
         Box::pin(async { Verdict::Continue })

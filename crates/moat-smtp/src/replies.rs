@@ -125,14 +125,6 @@ pub fn store_failed() -> Reply {
         "Temporary local problem, message not accepted, try again later",
     )
 }
-/// 454 when the TLS handshake is not possible.
-pub fn tls_unavailable() -> Reply {
-    Reply::new(454, e(4, 7, 0), "TLS not available due to temporary reason")
-}
-/// 454 when credentials could not be checked (users file unreadable).
-pub fn auth_temp_failure() -> Reply {
-    Reply::new(454, e(4, 7, 0), "Temporary authentication failure")
-}
 
 // --- 5xx ---------------------------------------------------------------------------------
 

@@ -802,8 +802,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         for stage in &self.ctx.stages {
             let verdict = match phase {
                 Phase::Connect => stage.connect(&self.info).await,
+                Phase::Helo => stage.helo(&self.info).await,
                 Phase::Mail => stage.mail(&self.info, &self.env).await,
-                _ => Verdict::Continue,
+                // RCPT and DATA carry more arguments: see `ask_rcpt_stages` and
+                // `finish_message`.
+                Phase::Rcpt | Phase::Data => Verdict::Continue,
             };
             if let Some(r) = verdict.refusal() {
                 refusal = Some(r.clone());

@@ -33,7 +33,8 @@ fn command() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         Just(b"EHLO client.test\r\n".to_vec()),
         Just(b"HELO client.test\r\n".to_vec()),
-        addr.clone().prop_map(|a| format!("MAIL FROM:<{a}>\r\n").into_bytes()),
+        addr.clone()
+            .prop_map(|a| format!("MAIL FROM:<{a}>\r\n").into_bytes()),
         addr.prop_map(|a| format!("RCPT TO:<{a}>\r\n").into_bytes()),
         Just(b"DATA\r\n".to_vec()),
         proptest::collection::vec(data_line, 0..6).prop_map(|lines| {
@@ -45,13 +46,17 @@ fn command() -> impl Strategy<Value = Vec<u8>> {
             out
         }),
         Just(b".\r\n".to_vec()),
-        (0usize..64, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-            |(n, last, body)| {
-                let mut out = format!("BDAT {n}{}\r\n", if last { " LAST" } else { "" }).into_bytes();
+        (
+            0usize..64,
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(n, last, body)| {
+                let mut out =
+                    format!("BDAT {n}{}\r\n", if last { " LAST" } else { "" }).into_bytes();
                 out.extend_from_slice(&body);
                 out
-            }
-        ),
+            }),
         Just(b"RSET\r\n".to_vec()),
         Just(b"NOOP\r\n".to_vec()),
         Just(b"STARTTLS\r\n".to_vec()),
@@ -107,8 +112,15 @@ async fn drive(chunks: Vec<Vec<u8>>) -> Result<usize, TestCaseError> {
     let (mut client, server) = tokio::io::duplex(1 << 16);
     let metrics = SmtpMetrics::unregistered().connector("mx");
     let task = tokio::spawn(
-        Session::new(server, Arc::new(conn), context(store.clone()), metrics, Shutdown::never(), info("192.0.2.1"))
-            .run(),
+        Session::new(
+            server,
+            Arc::new(conn),
+            context(store.clone()),
+            metrics,
+            Shutdown::never(),
+            info("192.0.2.1"),
+        )
+        .run(),
     );
     let (mut rd, mut wr) = tokio::io::split(&mut client);
     let writer = async {
@@ -121,9 +133,11 @@ async fn drive(chunks: Vec<Vec<u8>>) -> Result<usize, TestCaseError> {
     };
     let mut out = Vec::new();
     let reader = rd.read_to_end(&mut out);
-    let (_, read) = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(writer, reader) })
-        .await
-        .map_err(|_| TestCaseError::fail("session hung"))?;
+    let (_, read) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .map_err(|_| TestCaseError::fail("session hung"))?;
     prop_assert!(read.is_ok());
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
@@ -160,12 +174,18 @@ proptest! {
 #[test]
 fn valid_transactions_are_exercised() {
     // Guards the generator: the property above must see accepted messages, not only errors.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut accepted = 0;
     for _ in 0..50 {
         let chunks = transaction().new_tree(&mut runner).unwrap().current();
         accepted += rt.block_on(drive(chunks)).unwrap();
     }
-    assert!(accepted >= 25, "only {accepted} of 50 transactions accepted");
+    assert!(
+        accepted >= 25,
+        "only {accepted} of 50 transactions accepted"
+    );
 }

@@ -588,3 +588,142 @@ async fn abort_ends_a_transaction_with_421() {
     assert!(c.closed().await);
     assert_eq!(store.count(), 0);
 }
+
+/// A test stage with fixed rules, standing in for the hygiene stages of later crates.
+struct RulesForTest;
+
+impl moat_core::Stage for RulesForTest {
+    fn name(&self) -> &'static str {
+        "rules-for-test"
+    }
+    fn helo<'a>(&'a self, s: &'a moat_core::SessionInfo) -> moat_core::StageFuture<'a> {
+        Box::pin(async move {
+            if s.helo.as_deref() == Some("bad.helo") {
+                moat_core::Verdict::Reject(moat_core::Reply::new(
+                    550,
+                    moat_core::Enhanced::new(5, 7, 1),
+                    "HELO refused",
+                ))
+            } else {
+                moat_core::Verdict::Continue
+            }
+        })
+    }
+    fn mail<'a>(
+        &'a self,
+        _: &'a moat_core::SessionInfo,
+        env: &'a moat_core::Envelope,
+    ) -> moat_core::StageFuture<'a> {
+        Box::pin(async move {
+            if env.mail_from.starts_with("spammer@") {
+                moat_core::Verdict::Reject(moat_core::Reply::new(
+                    550,
+                    moat_core::Enhanced::new(5, 7, 1),
+                    "Sender refused",
+                ))
+            } else {
+                moat_core::Verdict::Continue
+            }
+        })
+    }
+    fn rcpt<'a>(
+        &'a self,
+        _: &'a moat_core::SessionInfo,
+        _: &'a moat_core::Envelope,
+        rcpt: &'a str,
+    ) -> moat_core::StageFuture<'a> {
+        Box::pin(async move {
+            if rcpt.starts_with("blocked@") {
+                moat_core::Verdict::Reject(moat_core::Reply::new(
+                    550,
+                    moat_core::Enhanced::new(5, 1, 1),
+                    "No such user",
+                ))
+            } else {
+                moat_core::Verdict::Continue
+            }
+        })
+    }
+    fn data<'a>(
+        &'a self,
+        _: &'a moat_core::SessionInfo,
+        _: &'a moat_core::Envelope,
+        msg: &'a [u8],
+    ) -> moat_core::StageFuture<'a> {
+        Box::pin(async move {
+            let text = String::from_utf8_lossy(msg);
+            if text.contains("TEMPFAIL") {
+                moat_core::Verdict::TempFail(moat_core::Reply::new(
+                    451,
+                    moat_core::Enhanced::new(4, 7, 1),
+                    "Try later",
+                ))
+            } else if text.contains("REJECT") {
+                moat_core::Verdict::Reject(moat_core::Reply::new(
+                    550,
+                    moat_core::Enhanced::new(5, 7, 1),
+                    "Content refused",
+                ))
+            } else {
+                moat_core::Verdict::Tag(vec![("X-Test-Tag".into(), "yes".into())])
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn stage_verdicts_shape_the_replies() {
+    let store = Arc::new(MemoryStore::default());
+    let ctx = Arc::new(moat_smtp::ServerContext {
+        hostname: "mx.example.test".into(),
+        accepted_domains: vec!["example.test".into()],
+        store: store.clone(),
+        stages: vec![Arc::new(RulesForTest)],
+    });
+    let mut c = start(mx(), ctx, "192.0.2.10", Shutdown::never());
+    transcript(
+        &mut c,
+        "S: 220
+         C: EHLO bad.helo
+         S: 550 5.7.1 HELO refused
+         C: MAIL FROM:<a@sender.test>
+         S: 503 5.5.1
+         C: EHLO good.helo
+         S: 250
+         C: MAIL FROM:<spammer@sender.test>
+         S: 550 5.7.1 Sender refused
+         C: MAIL FROM:<a@sender.test>
+         S: 250
+         C: RCPT TO:<blocked@example.test>
+         S: 550 5.1.1 No such user
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: REJECT me
+         C: .
+         S: 550 5.7.1 Content refused
+         C: MAIL FROM:<a@sender.test>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: TEMPFAIL me
+         C: .
+         S: 451 4.7.1 Try later
+         C: MAIL FROM:<a@sender.test>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: fine
+         C: .
+         S: 250 2.0.0",
+    )
+    .await;
+    assert_eq!(store.count(), 1);
+    let text = String::from_utf8(store.last().1).unwrap();
+    assert!(text.starts_with("X-Test-Tag: yes\r\nReceived: "), "{text}");
+}

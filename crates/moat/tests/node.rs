@@ -68,7 +68,11 @@ fn smtp_source_20_concurrent_sessions() {
     let node = Node::start();
     let target = format!("127.0.0.1:{}", node.mx);
     let Some((ok, out)) = run_tool(
-        if Path::new("/usr/sbin/smtp-source").exists() { "/usr/sbin/smtp-source" } else { "smtp-source" },
+        if Path::new("/usr/sbin/smtp-source").exists() {
+            "/usr/sbin/smtp-source"
+        } else {
+            "smtp-source"
+        },
         &[
             "-s",
             "20",
@@ -333,6 +337,45 @@ fn per_client_connection_limit() {
     // Another address is unaffected.
     let mut c = Smtp::connect_from("127.0.0.6", node.mx);
     c.expect("220");
+    held.push(c);
+}
+
+#[test]
+fn connector_limits_on_total_connections_and_client_ranges() {
+    let node = Node::start_with(Options {
+        mx_extra: "max_connections = 2\nremote_ranges = [\"127.0.0.0/30\"]".into(),
+        ..Options::default()
+    });
+    // 127.0.0.5 is outside 127.0.0.0/30: 554 and closed.
+    let mut c = Smtp::connect_from("127.0.0.5", node.mx);
+    c.expect("554 5.7.1");
+    assert_eq!(c.reply(), "");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut a = Smtp::connect_from("127.0.0.2", node.mx);
+    a.expect("220");
+    let mut b = Smtp::connect_from("127.0.0.3", node.mx);
+    b.expect("220");
+    let mut c = Smtp::connect_from("127.0.0.3", node.mx);
+    c.expect("421 4.7.0");
+    let s = node.scrape();
+    let mx = ("connector", "mx");
+    assert_eq!(
+        sample(
+            &s,
+            "moat_smtp_connections_total",
+            &[mx, ("result", "limit")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "moat_smtp_connections_total",
+            &[mx, ("result", "client_range")]
+        ),
+        1.0
+    );
+    drop((a, b));
 }
 
 #[test]

@@ -333,15 +333,17 @@ pub fn run_tool(program: &str, args: &[&str]) -> Option<(bool, String)> {
 /// Whether `program` can run here. When it cannot: under CI (`CI` set) that is a failure,
 /// because `.ci/run` installs it; elsewhere the test is skipped with a printed reason.
 pub fn have_tool(program: &str, package: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
-    }) || Path::new("/usr/sbin").join(program).is_file();
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        || Path::new("/usr/sbin").join(program).is_file();
     if !found {
         assert!(
             std::env::var_os("CI").is_none(),
             "{program} is missing under CI: .ci/run should have installed {package}"
         );
-        println!("SKIPPED: {program} not found (install the Debian package {package}, or run .ci/run)");
+        println!(
+            "SKIPPED: {program} not found (install the Debian package {package}, or run .ci/run)"
+        );
     }
     found
 }
