@@ -10,7 +10,7 @@ fn message(size: usize) -> Vec<u8> {
         b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n";
     while m.len() < size {
         m.extend_from_slice(line);
-        if m.len() % 7 == 0 {
+        if m.len().is_multiple_of(7) {
             m.extend_from_slice(b"..stuffed line\r\n");
         }
     }
