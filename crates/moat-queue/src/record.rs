@@ -584,6 +584,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes, as a payload or as a whole segment, never panic the decoder or
+        /// the scanner, and the scanner always makes progress.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..600)) {
+            let _ = decode(&bytes);
+            let _ = peek_id(&bytes);
+            let mut at = SEGMENT_HEADER_LEN;
+            while at < bytes.len() {
+                at = match scan_at(1, &bytes, at) {
+                    Scan::Record { start, len } => start + len,
+                    Scan::BadPayload { len } => at + FRAME_LEN + len,
+                    Scan::Truncated => bytes.len(),
+                    Scan::BadHeader => resync(1, &bytes, at + 1).unwrap_or(bytes.len()),
+                };
+            }
+        }
+    }
+
     #[test]
     fn frames_bind_to_segment_and_offset() {
         let payload = encode_delete(1);

@@ -344,10 +344,10 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn queue_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn queue_matches_model(ops in proptest::collection::vec(op(), 1..50)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(run(ops))?;
     }
