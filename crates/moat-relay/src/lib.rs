@@ -241,6 +241,13 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+/// No control characters, spaces or angle brackets: safe inside `<…>` on a command line.
+fn address_is_safe(a: &str) -> bool {
+    a.len() <= 512
+        && a.chars()
+            .all(|c| !c.is_control() && c != ' ' && c != '<' && c != '>')
+}
+
 fn outcome_of(reply: &Reply) -> Outcome {
     match reply.class() {
         2 => Outcome::Delivered(reply.to_string()),
@@ -461,6 +468,40 @@ impl Relay {
     }
 
     async fn to_hops(&self, job: &Job, message: &[u8]) -> Vec<(RcptOutcome, String)> {
+        // Addresses go into SMTP command lines: anything that could end or extend a command
+        // is refused here, whatever the front end accepted.
+        let refuse = |i: u32, why: &str| {
+            (
+                RcptOutcome {
+                    rcpt: i,
+                    outcome: Outcome::Permanent(why.to_string()),
+                },
+                "none".to_string(),
+            )
+        };
+        if !address_is_safe(job.mail_from()) {
+            return job
+                .rcpts()
+                .iter()
+                .map(|(i, _)| refuse(*i, "553 5.1.7 sender address cannot be relayed"))
+                .collect();
+        }
+        let mut results = Vec::new();
+        let rcpts: Vec<(u32, String)> = job
+            .rcpts()
+            .iter()
+            .filter(|(i, a)| {
+                let ok = !a.is_empty() && address_is_safe(a);
+                if !ok {
+                    results.push(refuse(*i, "553 5.1.3 recipient address cannot be relayed"));
+                }
+                ok
+            })
+            .cloned()
+            .collect();
+        if rcpts.is_empty() {
+            return results;
+        }
         let t = self.timeouts();
         let probe_window = t.connect + t.command;
         let mut last = None;
@@ -468,20 +509,18 @@ impl Relay {
             if !hop.allow(probe_window) {
                 continue;
             }
-            match self.try_hop(hop, job, message, t).await {
+            match self.try_hop(hop, job, &rcpts, message, t).await {
                 Ok(replies) => {
-                    return replies
-                        .iter()
-                        .map(|(i, r)| {
-                            (
-                                RcptOutcome {
-                                    rcpt: *i,
-                                    outcome: outcome_of(r),
-                                },
-                                hop.cfg.name.clone(),
-                            )
-                        })
-                        .collect();
+                    results.extend(replies.iter().map(|(i, r)| {
+                        (
+                            RcptOutcome {
+                                rcpt: *i,
+                                outcome: outcome_of(r),
+                            },
+                            hop.cfg.name.clone(),
+                        )
+                    }));
+                    return results;
                 }
                 Err(e) => {
                     tracing::warn!(queue_id = %job.id(), hop = %hop.cfg.name, error = %e, "next hop failed; trying the next one");
@@ -493,24 +532,23 @@ impl Relay {
             "451 4.4.1 no next hop took the message ({})",
             last.as_deref().unwrap_or("every next hop is marked down")
         );
-        job.rcpts()
-            .iter()
-            .map(|(i, _)| {
-                (
-                    RcptOutcome {
-                        rcpt: *i,
-                        outcome: Outcome::Transient(reason.clone()),
-                    },
-                    "none".to_string(),
-                )
-            })
-            .collect()
+        results.extend(rcpts.iter().map(|(i, _)| {
+            (
+                RcptOutcome {
+                    rcpt: *i,
+                    outcome: Outcome::Transient(reason.clone()),
+                },
+                "none".to_string(),
+            )
+        }));
+        results
     }
 
     async fn try_hop(
         &self,
         hop: &Hop,
         job: &Job,
+        rcpts: &[(u32, String)],
         message: &[u8],
         t: Timeouts,
     ) -> Result<Vec<(u32, Reply)>, SessionError> {
@@ -531,7 +569,7 @@ impl Relay {
                 .conn
                 .send(
                     job.mail_from(),
-                    job.rcpts(),
+                    rcpts,
                     message,
                     job.eight_bit(),
                     job.smtputf8(),

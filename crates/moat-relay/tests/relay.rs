@@ -563,3 +563,43 @@ async fn delivers_to_postfix_smtp_sink() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_that_would_inject_commands_are_bounced_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new();
+    let queue = open_queue(dir.path(), &registry);
+    let sink = Sink::start(SinkOptions::default()).await;
+    let relay = start(
+        &queue,
+        test_config(dir.path(), vec![sink.hop("hub1")]),
+        &registry,
+    );
+    let id = queue
+        .enqueue(
+            "192.0.2.1",
+            &env(
+                "alice@x.test",
+                &["bob@y.test", "evil@y.test>\r\nRCPT TO:<victim@z.test"],
+            ),
+            &body(1),
+        )
+        .await
+        .unwrap();
+    // bob's copy and the DSN for the refused recipient arrive; the injected one never does.
+    assert!(wait_for(10, || sink.received().len() == 2).await);
+    assert!(wait_for(5, || queue.stats().messages == 0).await);
+    let got = sink.received();
+    assert!(
+        got.iter()
+            .all(|r| !r.rcpts.iter().any(|a| a.contains("victim")))
+    );
+    let original = got.iter().find(|r| r.mail_from == "alice@x.test").unwrap();
+    assert_eq!(original.rcpts, vec!["bob@y.test".to_string()]);
+    let dsn = got.iter().find(|r| r.mail_from.is_empty()).unwrap();
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(text.contains("Status: 5.1.3"), "{text}");
+    assert!(queue.show(&id).is_err());
+    relay.stop().await;
+    queue.close().await;
+}
