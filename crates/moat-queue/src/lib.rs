@@ -23,7 +23,7 @@
 //!
 //! # Main types
 //!
-//! - [`Queue`]: open a spool, [`enqueue`](Queue::enqueue) (or [`MessageStore::store`]), take
+//! - [`Queue`]: open a spool, [`enqueue`](Queue::enqueue) (or [`moat_core::MessageStore::store`]), take
 //!   due messages with [`next_job`](Queue::next_job), record results with
 //!   [`complete`](Queue::complete); admin calls [`list`](Queue::list), [`show`](Queue::show),
 //!   [`retry`](Queue::retry), [`hold`](Queue::hold), [`release`](Queue::release),
