@@ -284,6 +284,15 @@ impl Conn {
         smtputf8: bool,
         t: Timeouts,
     ) -> Result<Vec<(u32, Reply)>, SessionError> {
+        if smtputf8 && self.caps & EXT_SMTP_UTF8 == 0 {
+            // RFC 6531 3.2: a message that needs SMTPUTF8 must not go to a server without it.
+            let r = Reply {
+                code: 553,
+                enhanced: Some([5, 6, 7]),
+                text: "next hop does not support SMTPUTF8".into(),
+            };
+            return Ok(rcpts.iter().map(|(i, _)| (*i, r.clone())).collect());
+        }
         let mut mail = format!("MAIL FROM:<{mail_from}>");
         if self.caps & EXT_SIZE != 0 {
             mail.push_str(&format!(" SIZE={}", message.len()));

@@ -603,3 +603,27 @@ async fn addresses_that_would_inject_commands_are_bounced_not_sent() {
     relay.stop().await;
     queue.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtputf8_mail_is_not_sent_to_a_hop_without_smtputf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new();
+    let queue = open_queue(dir.path(), &registry);
+    let sink = Sink::start(SinkOptions::default()).await;
+    let relay = start(
+        &queue,
+        test_config(dir.path(), vec![sink.hop("hub1")]),
+        &registry,
+    );
+    let mut e = env("alice@x.test", &["bøb@y.test"]);
+    e.smtputf8 = true;
+    queue.enqueue("192.0.2.1", &e, &body(1)).await.unwrap();
+    // Only the DSN (plain ASCII, from <>) reaches the hub.
+    assert!(wait_for(10, || sink.received().len() == 1).await);
+    assert!(wait_for(5, || queue.stats().messages == 0).await);
+    let dsn = &sink.received()[0];
+    assert!(dsn.mail_from.is_empty());
+    assert!(String::from_utf8_lossy(&dsn.data).contains("Status: 5.6.7"));
+    relay.stop().await;
+    queue.close().await;
+}
