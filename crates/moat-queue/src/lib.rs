@@ -151,6 +151,8 @@ pub enum CorruptKind {
     Checksum,
     /// The checksums hold but the contents cannot be decoded.
     Malformed,
+    /// The whole segment could not be opened or read (an i/o error).
+    Unreadable,
 }
 
 impl CorruptKind {
@@ -160,6 +162,7 @@ impl CorruptKind {
             CorruptKind::Truncated => "truncated",
             CorruptKind::Checksum => "checksum",
             CorruptKind::Malformed => "malformed",
+            CorruptKind::Unreadable => "unreadable",
         }
     }
 }

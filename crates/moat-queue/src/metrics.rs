@@ -18,7 +18,7 @@ use crate::CorruptKind;
 /// | `moat_queue_retries_total` | counter | (recipients deferred) |
 /// | `moat_queue_bounces_total` | counter | (recipients bounced) |
 /// | `moat_queue_dsn_total` | counter | (DSNs queued) |
-/// | `moat_queue_corrupt_records_total` | counter | `kind` = truncated, checksum, malformed |
+/// | `moat_queue_corrupt_records_total` | counter | `kind` = truncated, checksum, malformed, unreadable |
 /// | `moat_queue_commits_total` | counter | (fsyncs of the log) |
 /// | `moat_queue_commit_records` | histogram | (records per fsync) |
 /// | `moat_queue_commit_seconds` | histogram | (write + fsync time) |
@@ -103,6 +103,7 @@ impl QueueMetrics {
             CorruptKind::Truncated,
             CorruptKind::Checksum,
             CorruptKind::Malformed,
+            CorruptKind::Unreadable,
         ] {
             corrupt.with_label_values(&[kind.as_str()]);
         }

@@ -356,12 +356,26 @@ impl Committer {
         let mut state = self.shared.lock();
         for &seg in &segs {
             let path = seg_path(&self.seg_dir, seg);
-            let bytes = fs::read(&path).map_err(|e| QueueError::io("read segment", &path, e))?;
-            let file = OpenOptions::new()
+            let opened = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| QueueError::io("open segment", &path, e))?;
+                .and_then(|f| fs::read(&path).map(|b| (f, b)));
+            let (file, bytes) = match opened {
+                Ok(fb) => fb,
+                Err(e) => {
+                    // An unreadable segment must not stop the others from being delivered.
+                    self.set_aside_unreadable(seg, &path, &e);
+                    report.corrupt.push(CorruptRecord {
+                        segment: seg,
+                        offset: 0,
+                        kind: CorruptKind::Unreadable,
+                        message: None,
+                    });
+                    self.shared.metrics.corrupt(CorruptKind::Unreadable);
+                    continue;
+                }
+            };
             state.segs.insert(
                 seg,
                 SegInfo {
@@ -457,6 +471,24 @@ impl Committer {
             .next_id
             .fetch_max(max_id.saturating_add(1), Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// Moves a segment that cannot be opened or read into `corrupt/` (best effort: if even
+    /// that fails it stays where it is and is reported again at the next start).
+    fn set_aside_unreadable(&self, seg: u64, path: &Path, error: &std::io::Error) {
+        let aside = self.corrupt_dir.join(format!("{seg:020}.seg"));
+        let report = self.corrupt_dir.join(format!("{seg:020}.txt"));
+        let moved = fs::write(
+            &report,
+            format!("segment {seg} moved aside: unreadable: {error}\n"),
+        )
+        .and_then(|()| fs::rename(path, &aside));
+        tracing::error!(
+            segment = seg,
+            error = %error,
+            moved_aside = moved.is_ok(),
+            "unreadable spool segment skipped"
+        );
     }
 
     /// Creates the next segment and makes its directory entry durable.

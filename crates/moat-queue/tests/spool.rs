@@ -529,3 +529,37 @@ async fn garbage_between_records_does_not_hide_the_records_after_it() {
     assert_eq!(q.message(&ids[2]).unwrap(), body(2));
     q.close().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_segment_is_set_aside_and_the_rest_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, segs) = spool_with_one_message_per_segment(dir.path(), 3).await;
+    // Replace the middle segment with something that cannot be read as a file.
+    std::fs::remove_file(&segs[1]).unwrap();
+    std::fs::create_dir(&segs[1]).unwrap();
+    let (q, report, registry) = open(QueueConfig::new(dir.path()));
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].kind, CorruptKind::Unreadable);
+    assert_eq!(report.corrupt[0].segment, 2);
+    assert_eq!(
+        metric(
+            &registry,
+            "moat_queue_corrupt_records_total",
+            Some(("kind", "unreadable"))
+        ),
+        1.0
+    );
+    assert!(dir.path().join("corrupt/00000000000000000002.seg").exists());
+    let listed: Vec<QueueId> = q.list().into_iter().map(|m| m.id).collect();
+    assert_eq!(listed, vec![ids[0].clone(), ids[2].clone()]);
+    assert_eq!(q.message(&ids[2]).unwrap(), body(2));
+    // New messages do not reuse the number of the segment set aside.
+    q.enqueue("192.0.2.1", &env("a@x.org", &["b@y.org"]), &body(9))
+        .await
+        .unwrap();
+    q.close().await;
+    let (q, report, _) = open(QueueConfig::new(dir.path()));
+    assert!(report.corrupt.is_empty());
+    assert_eq!(q.list().len(), 3);
+    q.close().await;
+}
