@@ -125,8 +125,8 @@ impl State {
         if let Some(e) = self.msgs.remove(&id)
             && let Some(s) = self.segs.get_mut(&e.loc.seg)
         {
-            s.live_msgs -= 1;
-            s.live_bytes -= e.loc.record_bytes();
+            s.live_msgs = s.live_msgs.saturating_sub(1);
+            s.live_bytes = s.live_bytes.saturating_sub(e.loc.record_bytes());
         }
     }
 
