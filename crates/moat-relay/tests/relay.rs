@@ -627,3 +627,39 @@ async fn smtputf8_mail_is_not_sent_to_a_hop_without_smtputf8() {
     relay.stop().await;
     queue.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_by_the_hub_is_replaced_without_blame() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new();
+    let queue = open_queue(dir.path(), &registry);
+    let sink = Sink::start(SinkOptions {
+        close_after_data: true,
+        ..SinkOptions::default()
+    })
+    .await;
+    let mut hop = sink.hop("hub1");
+    hop.max_connections = 1;
+    let mut config = test_config(dir.path(), vec![hop]);
+    config.workers = 1;
+    let relay = start(&queue, config, &registry);
+    for n in 0..5 {
+        queue
+            .enqueue("192.0.2.1", &env("a@x.test", &["b@y.test"]), &body(n))
+            .await
+            .unwrap();
+    }
+    assert!(wait_for(10, || sink.received().len() == 5).await);
+    assert!(wait_for(5, || queue.stats().messages == 0).await);
+    assert_eq!(
+        metric(
+            &registry,
+            "moat_relay_hop_failures_total",
+            &[("hop", "hub1")]
+        ),
+        0.0
+    );
+    assert_eq!(sink.connections.load(Ordering::SeqCst), 5);
+    relay.stop().await;
+    queue.close().await;
+}

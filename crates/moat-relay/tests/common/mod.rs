@@ -35,6 +35,9 @@ pub struct SinkOptions {
     pub data_reply: Option<String>,
     /// Answer the greeting with this instead of 220.
     pub greeting: Option<String>,
+    /// Close the connection right after answering the end of data (an idle timeout that
+    /// strikes while the client keeps the connection in its pool).
+    pub close_after_data: bool,
 }
 
 pub struct Sink {
@@ -252,6 +255,13 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                         tls,
                         pipelined,
                     });
+                }
+                if opts.close_after_data {
+                    reader
+                        .get_mut()
+                        .write_all(format!("{reply}\r\n").as_bytes())
+                        .await?;
+                    return Ok(Step::Quit);
                 }
                 reply
             }
