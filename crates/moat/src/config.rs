@@ -63,8 +63,10 @@ pub struct Config {
     pub hostname: Option<String>,
     /// Domains this node accepts mail for; anything else needs a relay permission.
     pub accepted_domains: Vec<String>,
-    /// Where accepted messages are made durable.
-    pub spool: SpoolConfig,
+    /// The durable queue accepted messages are written to before the 250 reply.
+    pub queue: QueueSection,
+    /// Delivery to the hub servers.
+    pub relay: RelaySection,
     /// The admin listener (metrics, health, admin calls).
     pub admin: AdminConfig,
     /// Certificate used by every connector that names none itself.
@@ -82,7 +84,8 @@ impl Default for Config {
         Self {
             hostname: None,
             accepted_domains: vec!["example.test".into()],
-            spool: SpoolConfig::default(),
+            queue: QueueSection::default(),
+            relay: RelaySection::default(),
             admin: AdminConfig::default(),
             tls: None,
             log: LogConfig::default(),
@@ -95,18 +98,123 @@ impl Default for Config {
     }
 }
 
-/// `[spool]`
+/// `[queue]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct SpoolConfig {
-    /// Directory of the spool; created if missing.
+pub struct QueueSection {
+    /// Directory of the spool; created if missing. One node per directory (it is locked).
     pub dir: PathBuf,
+    /// Delay after the first temporary failure (Postfix `minimal_backoff_time`).
+    pub min_backoff: Dur,
+    /// Longest delay between attempts (Postfix `maximal_backoff_time`).
+    pub max_backoff: Dur,
+    /// A message still undelivered after this long is bounced (Postfix
+    /// `maximal_queue_lifetime`).
+    pub max_lifetime: Dur,
 }
 
-impl Default for SpoolConfig {
+impl Default for QueueSection {
     fn default() -> Self {
+        let r = moat_queue::RetryPolicy::default();
         Self {
-            dir: PathBuf::from("moat-data/spool"),
+            dir: PathBuf::from("moat-data/queue"),
+            min_backoff: Dur(r.min_backoff),
+            max_backoff: Dur(r.max_backoff),
+            max_lifetime: Dur(r.max_lifetime),
+        }
+    }
+}
+
+/// How next hops share the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// The first available hop takes every message (Exchange's behaviour).
+    Failover,
+    /// Messages are spread over the healthy hops.
+    Balance,
+}
+
+/// STARTTLS towards a hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HopTls {
+    /// STARTTLS with a certificate chaining to `ca_file`, or no delivery.
+    Required,
+    /// STARTTLS when offered.
+    Opportunistic,
+    /// Never.
+    Off,
+}
+
+/// `[[relay.hop]]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct HopSection {
+    /// Short name: logs and the `hop` metric label.
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 25).
+    #[serde(default = "default_hop_port")]
+    pub port: u16,
+    /// `required`, `opportunistic` (default) or `off`.
+    #[serde(default = "default_hop_tls")]
+    pub tls: HopTls,
+    /// Connections open to this hop at once (default 20).
+    #[serde(default = "default_hop_connections")]
+    pub max_connections: usize,
+}
+
+fn default_hop_port() -> u16 {
+    25
+}
+fn default_hop_tls() -> HopTls {
+    HopTls::Opportunistic
+}
+fn default_hop_connections() -> usize {
+    20
+}
+
+/// `[relay]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RelaySection {
+    /// `failover` or `balance`.
+    pub mode: RelayMode,
+    /// Hub servers in order. None: messages go to the local `maildir`.
+    pub hop: Vec<HopSection>,
+    /// The local Maildir used when no hop is configured.
+    pub maildir: PathBuf,
+    /// PEM roots for hops with `tls = "required"`.
+    pub ca_file: Option<PathBuf>,
+    /// Messages delivered at once.
+    pub workers: usize,
+    /// TCP connect timeout.
+    pub connect_timeout: Dur,
+    /// Timeout for each command's reply.
+    pub command_timeout: Dur,
+    /// Timeout for sending the data and reading its reply.
+    pub data_timeout: Dur,
+    /// Consecutive failures that stop trying a hop for `breaker_open_for`.
+    pub breaker_failures: u32,
+    /// How long a failed hop is skipped before it is probed again.
+    pub breaker_open_for: Dur,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        let r = moat_relay::RelayConfig::new("localhost");
+        Self {
+            mode: RelayMode::Failover,
+            hop: Vec::new(),
+            maildir: PathBuf::from("moat-data/maildir"),
+            ca_file: None,
+            workers: r.workers,
+            connect_timeout: Dur(r.connect_timeout),
+            command_timeout: Dur(r.command_timeout),
+            data_timeout: Dur(r.data_timeout),
+            breaker_failures: r.breaker_failures,
+            breaker_open_for: Dur(r.breaker_open_for),
         }
     }
 }
@@ -117,12 +225,16 @@ impl Default for SpoolConfig {
 pub struct AdminConfig {
     /// Address of the admin listener. Keep it on loopback or a management network.
     pub listen: SocketAddr,
+    /// File holding the bearer token for the admin calls (`/admin/...`); made with a random
+    /// token (mode 0600) when missing. `/metrics`, `/healthz` and `/readyz` need no token.
+    pub token_file: PathBuf,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9025)),
+            token_file: PathBuf::from("moat-data/admin.token"),
         }
     }
 }
@@ -795,12 +907,56 @@ impl Config {
                 conn.tls = self_signed.clone();
             }
         }
+        let mut queue = moat_queue::QueueConfig::new(self.queue.dir.clone());
+        queue.retry = moat_queue::RetryPolicy {
+            min_backoff: self.queue.min_backoff.0,
+            max_backoff: self.queue.max_backoff.0,
+            max_lifetime: self.queue.max_lifetime.0,
+        };
+        let r = &self.relay;
+        let mut relay = moat_relay::RelayConfig::new(hostname.clone());
+        relay.mode = match r.mode {
+            RelayMode::Failover => moat_relay::Mode::Failover,
+            RelayMode::Balance => moat_relay::Mode::Balance,
+        };
+        relay.hops = r
+            .hop
+            .iter()
+            .map(|h| moat_relay::NextHop {
+                name: h.name.clone(),
+                host: h.host.clone(),
+                port: h.port,
+                tls: match h.tls {
+                    HopTls::Required => moat_relay::TlsMode::Required,
+                    HopTls::Opportunistic => moat_relay::TlsMode::Opportunistic,
+                    HopTls::Off => moat_relay::TlsMode::Off,
+                },
+                max_connections: h.max_connections,
+            })
+            .collect();
+        relay.maildir = r.maildir.clone();
+        relay.ca_file = r.ca_file.clone();
+        relay.workers = r.workers;
+        relay.connect_timeout = r.connect_timeout.0;
+        relay.command_timeout = r.command_timeout.0;
+        relay.data_timeout = r.data_timeout.0;
+        relay.breaker_failures = r.breaker_failures;
+        relay.breaker_open_for = r.breaker_open_for.0;
+        if let Err(e) = relay.validate() {
+            return Err(vec![ConfigError {
+                line: source.line_of("relay"),
+                path: "relay".into(),
+                message: e.to_string(),
+            }]);
+        }
         Ok(Runtime {
             hostname,
             accepted_domains: accepted,
             connectors,
-            spool_dir: self.spool.dir.clone(),
+            queue,
+            relay,
             admin_listen: self.admin.listen,
+            admin_token_file: self.admin.token_file.clone(),
             grace: self.shutdown.grace.0,
             log_level: self.log.level.clone(),
             self_signed: self_signed.is_some(),
@@ -816,10 +972,14 @@ pub struct Runtime {
     pub accepted_domains: Vec<String>,
     /// Receive connectors.
     pub connectors: Vec<Connector>,
-    /// Spool directory.
-    pub spool_dir: PathBuf,
+    /// The durable queue.
+    pub queue: moat_queue::QueueConfig,
+    /// Delivery to next hops.
+    pub relay: moat_relay::RelayConfig,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
+    /// Bearer token file for admin calls.
+    pub admin_token_file: PathBuf,
     /// Shutdown grace period.
     pub grace: Duration,
     /// Log filter.

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod admin;
 mod config;
 mod node;
-mod spool;
 
 use config::{Config, ConfigError};
 
@@ -35,6 +35,50 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for a users file.
     HashPassword,
+    /// Inspect and act on a running node's queue (through its admin listener).
+    Queue {
+        /// The node's configuration file (for the admin address and token file).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Every queued message.
+    List,
+    /// One message with its recipients.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Try a deferred message now.
+    Retry {
+        /// Queue id.
+        id: String,
+    },
+    /// Stop delivering a message until it is released.
+    Hold {
+        /// Queue id.
+        id: String,
+    },
+    /// Deliver a held message again.
+    Release {
+        /// Queue id.
+        id: String,
+    },
+    /// Remove a message without delivering it (no bounce).
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+    /// Counts by state, oldest age, bytes on disk.
+    Stats,
 }
 
 fn report(file: &str, errors: &[ConfigError]) {
@@ -114,6 +158,11 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Queue {
+            config,
+            json,
+            action,
+        } => queue_command(config.as_ref(), json, action),
         Command::HashPassword => {
             let mut line = String::new();
             if std::io::stdin().lock().read_line(&mut line).is_err() {
@@ -137,4 +186,101 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn queue_command(config: Option<&PathBuf>, json: bool, action: QueueAction) -> ExitCode {
+    let rt = match load(config) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let token = match std::fs::read_to_string(&rt.admin_token_file) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            eprintln!(
+                "moat: cannot read the admin token {}: {e} (is the node running with this configuration?)",
+                rt.admin_token_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let base = format!("http://{}", rt.admin_listen);
+    let (method, path) = match &action {
+        QueueAction::List => ("GET", "/admin/queue".to_string()),
+        QueueAction::Stats => ("GET", "/admin/queue/stats".to_string()),
+        QueueAction::Show { id } => ("GET", format!("/admin/queue/{id}")),
+        QueueAction::Retry { id } => ("POST", format!("/admin/queue/{id}/retry")),
+        QueueAction::Hold { id } => ("POST", format!("/admin/queue/{id}/hold")),
+        QueueAction::Release { id } => ("POST", format!("/admin/queue/{id}/release")),
+        QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{id}")),
+    };
+    let value = match admin::call(&base, &token, method, &path) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("moat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match action {
+        QueueAction::List => {
+            let list: Vec<admin::SummaryJson> = serde_json::from_value(value).unwrap_or_default();
+            println!(
+                "{:<18} {:<9} {:>9} {:>7}  FROM",
+                "ID", "STATE", "SIZE", "RCPTS"
+            );
+            for m in &list {
+                println!(
+                    "{:<18} {:<9} {:>9} {:>3}/{:<3}  <{}>",
+                    m.id, m.state, m.size, m.pending, m.total, m.from
+                );
+            }
+            println!("{} message(s)", list.len());
+        }
+        QueueAction::Show { .. } => match serde_json::from_value::<admin::DetailJson>(value) {
+            Ok(d) => {
+                println!("id:       {}", d.summary.id);
+                println!("state:    {}", d.summary.state);
+                println!("from:     <{}>", d.summary.from);
+                println!("size:     {}", d.summary.size);
+                println!("origin:   {}", d.origin);
+                for r in d.recipients {
+                    println!(
+                        "rcpt:     <{}> {} attempts={} {}",
+                        r.address,
+                        r.status,
+                        r.attempts,
+                        r.reply.unwrap_or_default()
+                    );
+                }
+            }
+            Err(e) => eprintln!("moat: unexpected answer: {e}"),
+        },
+        QueueAction::Stats => match serde_json::from_value::<admin::StatsJson>(value) {
+            Ok(s) => {
+                println!("messages:           {}", s.messages);
+                println!("pending:            {}", s.pending);
+                println!("deferred:           {}", s.deferred);
+                println!("active:             {}", s.active);
+                println!("held:               {}", s.held);
+                println!("recipients pending: {}", s.recipients_pending);
+                println!(
+                    "oldest age:         {}",
+                    s.oldest_age_seconds.map_or("-".into(), |a| format!("{a}s"))
+                );
+                println!("spool bytes:        {}", s.spool_bytes);
+            }
+            Err(e) => eprintln!("moat: unexpected answer: {e}"),
+        },
+        _ => println!(
+            "{}",
+            value.get("done").and_then(|v| v.as_str()).unwrap_or("ok")
+        ),
+    }
+    ExitCode::SUCCESS
 }

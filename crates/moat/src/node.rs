@@ -12,8 +12,8 @@ use moat_metrics::{Admin, Readiness};
 use moat_smtp::{Listener, ServerContext, SmtpMetrics};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::admin::{self, AdminApi};
 use crate::config::Runtime;
-use crate::spool::FileSpool;
 
 /// Runs a node until SIGTERM/SIGINT and its graceful shutdown complete.
 pub async fn run(rt: Runtime) -> anyhow::Result<()> {
@@ -21,12 +21,36 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
     let admin = Admin::new(registry);
     let smtp_metrics = SmtpMetrics::new(admin.registry()).context("registering SMTP metrics")?;
 
-    let spool = FileSpool::open(&rt.spool_dir)
-        .with_context(|| format!("opening spool {}", rt.spool_dir.display()))?;
+    let queue_metrics =
+        moat_queue::QueueMetrics::new(admin.registry()).context("registering queue metrics")?;
+    let relay_metrics =
+        moat_relay::RelayMetrics::new(admin.registry()).context("registering relay metrics")?;
+    let queue_dir = rt.queue.dir.clone();
+    let queue_config = rt.queue.clone();
+    let (queue, report) =
+        tokio::task::spawn_blocking(move || moat_queue::Queue::open(queue_config, queue_metrics))
+            .await?
+            .with_context(|| format!("opening the queue in {}", queue_dir.display()))?;
+    tracing::info!(
+        dir = %queue_dir.display(),
+        messages = report.messages,
+        corrupt = report.corrupt.len(),
+        "queue opened"
+    );
+    let relay = moat_relay::Relay::new(queue.clone(), rt.relay.clone(), relay_metrics)
+        .context("starting the relay")?;
+    let token = admin::load_or_create_token(&rt.admin_token_file)
+        .with_context(|| format!("admin token file {}", rt.admin_token_file.display()))?;
+    let api = Arc::new(AdminApi {
+        queue: queue.clone(),
+        relay: relay.clone(),
+        token,
+    });
+
     let ctx = Arc::new(ServerContext {
         hostname: rt.hostname.clone(),
         accepted_domains: rt.accepted_domains.clone(),
-        store: Arc::new(spool),
+        store: Arc::new(queue.clone()),
         stages: Vec::new(),
     });
 
@@ -38,7 +62,13 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
         let mut s = trigger.subscribe();
         async move { s.aborting().await }
     };
-    let admin_task = tokio::spawn(Admin::serve(admin_listener, admin.router(), admin_stop));
+    let router = admin.router().merge(admin::routes(api));
+    let admin_task = tokio::spawn(Admin::serve(admin_listener, router, admin_stop));
+    let relay_task = {
+        let relay = relay.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { relay.run(shutdown).await })
+    };
 
     let mut listeners = Vec::new();
     for conn in rt.connectors {
@@ -85,6 +115,9 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
             all_closed.await;
         }
     }
+    // Deliveries under way finish and are recorded; then the queue's last commit.
+    let _ = relay_task.await;
+    queue.close().await;
     trigger.abort();
     let _ = admin_task.await;
     tracing::info!("stopped");

@@ -38,6 +38,8 @@ pub struct Options {
     pub mx_limits: String,
     /// Extra top-level keys.
     pub top: String,
+    /// Extra `[relay]` keys (and `[[relay.hop]]` tables).
+    pub relay: String,
 }
 
 impl Node {
@@ -65,11 +67,16 @@ hostname = "mx.example.test"
 accepted_domains = ["example.test"]
 {top}
 
-[spool]
-dir = "{d}/spool"
+[queue]
+dir = "{d}/queue"
+
+[relay]
+maildir = "{d}/maildir"
+{relay}
 
 [admin]
 listen = "127.0.0.1:{admin}"
+token_file = "{d}/admin.token"
 
 [tls]
 cert = "{d}/cert.pem"
@@ -97,6 +104,7 @@ relay_ranges = ["127.0.0.2"]
 users_file = "{d}/users"
 "#,
             top = opts.top,
+            relay = opts.relay,
             mx_extra = opts.mx_extra,
         );
         let config_path = dir.path().join("moat.toml");
@@ -144,21 +152,40 @@ users_file = "{d}/users"
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-
-    /// Messages in the spool.
-    pub fn stored(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(self.spool())
-            .map(|d| {
-                d.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                    .collect()
-            })
+    /// Messages delivered into the local Maildir (the default next hop), one file per
+    /// recipient.
+    pub fn delivered(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("maildir/new"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    /// Waits until `n` messages were delivered (no more may come for `settle` afterwards).
+    pub fn wait_delivered(&self, n: usize) -> Vec<PathBuf> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.delivered();
+            if got.len() >= n || Instant::now() > deadline {
+                assert_eq!(got.len(), n, "delivered messages");
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The admin token the node made.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("moat.toml")
     }
 
     /// A plain HTTP/1.1 GET on the admin listener: (status, body).
