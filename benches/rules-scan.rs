@@ -29,7 +29,9 @@ fn corpora() -> Option<PathBuf> {
 }
 
 fn files_under(dir: &Path, ext: Option<&str>, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     paths.sort();
     for p in paths {
@@ -47,7 +49,11 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let mut cf = Vec::new();
-    files_under(&root.join("spamassassin-rules/rulesrc"), Some("cf"), &mut cf);
+    files_under(
+        &root.join("spamassassin-rules/rulesrc"),
+        Some("cf"),
+        &mut cf,
+    );
     files_under(&root.join("spamassassin-rules/rules"), Some("cf"), &mut cf);
     let report = moat_rules::import::spamassassin(&cf, &Default::default()).expect("import");
     let started = std::time::Instant::now();
@@ -71,7 +77,10 @@ fn bench(c: &mut Criterion) {
     let raws: Vec<Vec<u8>> = paths.iter().filter_map(|p| std::fs::read(p).ok()).collect();
     let limits = Limits::default();
     let env = EnvelopeFacts::default();
-    let extracted: Vec<Targets<'_>> = raws.iter().map(|r| extract(r, &env, &limits).targets).collect();
+    let extracted: Vec<Targets<'_>> = raws
+        .iter()
+        .map(|r| extract(r, &env, &limits).targets)
+        .collect();
     let bodies: Vec<Targets<'static>> = extracted
         .iter()
         .map(|t| {

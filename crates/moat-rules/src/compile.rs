@@ -27,6 +27,9 @@ pub struct CompileOptions {
     pub max_regex_len: usize,
     /// Most rules accepted over all packs.
     pub max_rules: usize,
+    /// Regexes without a usable literal factor run in regex sets of at most this many
+    /// members: one lazy DFA over hundreds of regexes thrashes its cache, small sets do not.
+    pub regex_set_chunk: usize,
 }
 
 impl Default for CompileOptions {
@@ -36,6 +39,7 @@ impl Default for CompileOptions {
             dfa_size_limit: 1 << 20,
             max_regex_len: 8 * 1024,
             max_rules: 100_000,
+            regex_set_chunk: 4,
         }
     }
 }
@@ -89,6 +93,19 @@ pub struct PackInfo {
     pub rules: std::ops::Range<usize>,
 }
 
+/// How one target's matcher is built (see [`CompiledRules::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetStats {
+    /// The target.
+    pub target: Target,
+    /// Patterns in its automaton (literals, words and regex factors, deduplicated).
+    pub patterns: usize,
+    /// Regexes run only where one of their factors was found.
+    pub factored_regexes: usize,
+    /// Regexes without a usable factor, run as a set.
+    pub set_regexes: usize,
+}
+
 /// What an automaton pattern feeds when it is found.
 #[derive(Debug, Clone)]
 pub(crate) enum Consumer {
@@ -98,8 +115,9 @@ pub(crate) enum Consumer {
         exact: Option<Box<[u8]>>,
         word: bool,
     },
-    /// A factor of a regex: makes it a candidate on this value.
-    Factor(usize),
+    /// A literal of factor set `bit` of prefilter clause `clause`; the clause's regex
+    /// becomes a candidate on a value once every set of the clause has been found there.
+    Factor { clause: usize, bit: u8 },
 }
 
 /// A regex and the rule it belongs to.
@@ -109,6 +127,15 @@ pub(crate) struct RegexRule {
     pub(crate) re: Arc<Regex>,
 }
 
+/// One way for a factored regex to become a candidate: all of its factor sets found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clause {
+    /// Index into `TargetMatcher::factored`.
+    pub(crate) regex: usize,
+    /// One bit per factor set of the clause.
+    pub(crate) full_mask: u8,
+}
+
 /// Everything that runs over one target.
 #[derive(Debug, Clone)]
 pub(crate) struct TargetMatcher {
@@ -116,11 +143,11 @@ pub(crate) struct TargetMatcher {
     pub(crate) ac: Option<AhoCorasick>,
     /// Indexed by automaton pattern id.
     pub(crate) consumers: Vec<Vec<Consumer>>,
-    /// Regexes with a factor, run only on values where the factor was found.
+    /// Regexes with factors, run only on values where one of their clauses is complete.
     pub(crate) factored: Vec<RegexRule>,
-    /// Regexes without a usable factor, run together as a set.
-    pub(crate) set: Option<RegexSet>,
-    pub(crate) set_rules: Vec<RegexRule>,
+    pub(crate) clauses: Vec<Clause>,
+    /// Regexes without a usable factor, run in small sets.
+    pub(crate) sets: Vec<(RegexSet, Vec<RegexRule>)>,
 }
 
 /// A pack test resolved against its pack.
@@ -182,6 +209,19 @@ impl CompiledRules {
     /// How many pack test cases the rule set carries.
     pub fn test_count(&self) -> usize {
         self.tests.len()
+    }
+
+    /// Per target: automaton patterns, regexes behind a factor, regexes in the set.
+    pub fn stats(&self) -> Vec<TargetStats> {
+        self.matchers
+            .iter()
+            .map(|m| TargetStats {
+                target: m.target.clone(),
+                patterns: m.consumers.len(),
+                factored_regexes: m.factored.len(),
+                set_regexes: m.sets.iter().map(|s| s.1.len()).sum(),
+            })
+            .collect()
     }
 
     /// `name version` of every pack, comma-separated (for logs and headers).
@@ -520,17 +560,24 @@ pub(crate) fn compile(
                             rule: p.global,
                             re: re.clone(),
                         };
-                        match factors {
-                            Some(lits) => {
-                                let idx = tb.factored.len();
-                                tb.factored.push(rr);
-                                for l in lits {
-                                    tb.add_literal(l, Consumer::Factor(idx));
+                        if factors.is_empty() {
+                            tb.set_patterns.push(effective(pattern, p.case_sensitive));
+                            tb.set_rules.push(rr);
+                        } else {
+                            let idx = tb.factored.len();
+                            tb.factored.push(rr);
+                            for clause in factors {
+                                let ci = tb.clauses.len();
+                                tb.clauses.push(Clause {
+                                    regex: idx,
+                                    full_mask: ((1u16 << clause.len()) - 1) as u8,
+                                });
+                                for (bit, set) in clause.iter().enumerate() {
+                                    for l in set {
+                                        let bit = bit as u8;
+                                        tb.add_literal(l, Consumer::Factor { clause: ci, bit });
+                                    }
                                 }
-                            }
-                            None => {
-                                tb.set_patterns.push(effective(pattern, p.case_sensitive));
-                                tb.set_rules.push(rr);
                             }
                         }
                     }
@@ -607,7 +654,8 @@ fn effective(pattern: &str, case_sensitive: bool) -> String {
     }
 }
 
-type CompiledRegex = (Arc<Regex>, Option<Vec<Vec<u8>>>);
+/// A regex and its prefilter clauses (empty: no usable factor).
+type CompiledRegex = (Arc<Regex>, Vec<Vec<Vec<Vec<u8>>>>);
 
 fn compile_regex(
     pattern: &str,
@@ -625,7 +673,7 @@ fn compile_regex(
         .build()
         .parse(&eff)
         .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
-    Ok((Arc::new(re), factor::required(&hir)))
+    Ok((Arc::new(re), factor::clauses(&hir)))
 }
 
 fn one_line(s: &str) -> String {
@@ -638,6 +686,7 @@ struct TargetBuild {
     index: HashMap<Vec<u8>, usize>,
     consumers: Vec<Vec<Consumer>>,
     factored: Vec<RegexRule>,
+    clauses: Vec<Clause>,
     set_patterns: Vec<String>,
     set_rules: Vec<RegexRule>,
 }
@@ -676,33 +725,35 @@ impl TargetBuild {
                 Problem::new("", format!("cannot build the automaton for {target}: {e}"))
             })?)
         };
-        let set = if self.set_patterns.is_empty() {
-            None
-        } else {
-            let n = self.set_patterns.len();
-            Some(
-                RegexSetBuilder::new(&self.set_patterns)
-                    .size_limit(opts.regex_size_limit.saturating_mul(n))
-                    .dfa_size_limit(opts.dfa_size_limit.saturating_mul(4))
-                    .build()
-                    .map_err(|e| {
-                        Problem::new(
-                            "",
-                            format!(
-                                "cannot build the regex set for {target}: {}",
-                                one_line(&e.to_string())
-                            ),
-                        )
-                    })?,
-            )
-        };
+        let chunk = opts.regex_set_chunk.max(1);
+        let mut sets = Vec::new();
+        for (pats, rules) in self
+            .set_patterns
+            .chunks(chunk)
+            .zip(self.set_rules.chunks(chunk))
+        {
+            let set = RegexSetBuilder::new(pats)
+                .size_limit(opts.regex_size_limit.saturating_mul(pats.len()))
+                .dfa_size_limit(opts.dfa_size_limit.saturating_mul(pats.len()))
+                .build()
+                .map_err(|e| {
+                    Problem::new(
+                        "",
+                        format!(
+                            "cannot build a regex set for {target}: {}",
+                            one_line(&e.to_string())
+                        ),
+                    )
+                })?;
+            sets.push((set, rules.to_vec()));
+        }
         Ok(TargetMatcher {
             target,
             ac,
             consumers: self.consumers,
             factored: self.factored,
-            set,
-            set_rules: self.set_rules,
+            clauses: self.clauses,
+            sets,
         })
     }
 }

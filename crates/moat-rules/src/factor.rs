@@ -6,7 +6,7 @@ use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind};
 
 /// Shortest factor worth a place in the automaton.
-const MIN_LEN: usize = 3;
+const MIN_LEN: usize = 4;
 /// Largest factor set worth a place in the automaton.
 const MAX_SET: usize = 64;
 /// How many start positions of a concatenation to try.
@@ -112,9 +112,76 @@ fn best(hir: &Hir) -> Option<Factors> {
     }
 }
 
+/// Most alternatives of a top-level alternation handled as separate clauses.
+const MAX_CLAUSES: usize = 16;
+
+/// Prefilter clauses of a regex: it can match only where, for at least one clause, a
+/// literal of every factor set of that clause occurs. A top-level alternation gives one
+/// clause per branch; anything else gives one clause. Empty when some branch has no
+/// usable factor.
+pub(crate) fn clauses(hir: &Hir) -> Vec<Vec<Vec<Vec<u8>>>> {
+    let mut top = hir;
+    while let HirKind::Capture(c) = top.kind() {
+        top = &c.sub;
+    }
+    if let HirKind::Alternation(alts) = top.kind()
+        && alts.len() <= MAX_CLAUSES
+    {
+        let per_branch: Vec<_> = alts.iter().map(required_all).collect();
+        if per_branch.iter().all(|c| !c.is_empty()) {
+            return per_branch;
+        }
+        return Vec::new();
+    }
+    let all = required_all(hir);
+    if all.is_empty() {
+        Vec::new()
+    } else {
+        vec![all]
+    }
+}
+
+/// Most factor sets required together for one regex.
+pub(crate) const MAX_SETS: usize = 3;
+
+/// True when every literal of `a` contains a literal of `b`: finding `a` implies `b`, so
+/// `b` adds no filtering once `a` is required.
+fn implies(a: &Factors, b: &Factors) -> bool {
+    a.lits.iter().all(|l| b.lits.iter().any(|k| contains(l, k)))
+}
+
 /// The best required factor set of `hir`, or `None` when it has none worth using.
+#[cfg(test)]
 pub(crate) fn required(hir: &Hir) -> Option<Vec<Vec<u8>>> {
     best(hir).map(|f| f.lits)
+}
+
+/// Up to [`MAX_SETS`] factor sets that every match contains one literal of *each* of: the
+/// best set overall, then the best sets of other parts of a top-level concatenation. A
+/// regex runs only on values where all of them were found, which cuts the runs caused by
+/// common words. Empty when the regex has no usable factor.
+pub(crate) fn required_all(hir: &Hir) -> Vec<Vec<Vec<u8>>> {
+    let mut top = hir;
+    while let HirKind::Capture(c) = top.kind() {
+        top = &c.sub;
+    }
+    let Some(first) = best(top) else {
+        return Vec::new();
+    };
+    let mut chosen = vec![first];
+    if let HirKind::Concat(subs) = top.kind() {
+        let mut parts: Vec<Factors> = subs.iter().filter_map(best).collect();
+        parts.sort_by_key(|p| std::cmp::Reverse(p.rank()));
+        for p in parts {
+            if chosen.len() == MAX_SETS {
+                break;
+            }
+            if !chosen.iter().any(|c| implies(c, &p) || implies(&p, c)) {
+                chosen.push(p);
+            }
+        }
+    }
+    chosen.into_iter().map(|f| f.lits).collect()
 }
 
 #[cfg(test)]
@@ -157,7 +224,9 @@ mod tests {
             (".*", None),
             ("a.b", None),
             ("(?:winner)+!", Some(&["winner"])),
-            ("(?:winner)?!!!", Some(&["!!!"])),
+            ("(?:winner)?!!!!", Some(&["!!!!"])),
+            // Shorter than 4 bytes is not selective enough.
+            ("(?:winner)?!!!", None),
             // `s` folds to LONG S too: the longest run without `s` or `k` is one literal.
             (r"(?i)unsubscribe(?:\s+here)?", Some(&["cribe"])),
             // Case variants are capped at 256 (2^8), so the literal is cut to 8 bytes.
@@ -167,6 +236,36 @@ mod tests {
             let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             assert_eq!(factors(re), want, "{re}");
         }
+    }
+
+    #[test]
+    fn several_sets_are_required_together() {
+        let sets = |re: &str| {
+            let hir = regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .build()
+                .parse(re)
+                .unwrap();
+            required_all(&hir)
+                .into_iter()
+                .map(|set| {
+                    set.into_iter()
+                        .map(|l| String::from_utf8_lossy(&l).into_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sets(r"(?i-u)\byour\s+(?:password|login)\b"),
+            [vec!["your"], vec!["login", "password"]]
+        );
+        // A set implied by another (a literal of one contains the other) is not repeated.
+        assert_eq!(sets("lottery winner"), [vec!["lottery winner"]]);
+        assert_eq!(sets(r"\d+"), Vec::<Vec<String>>::new());
+        assert_eq!(
+            sets(r"(?:abcd|defg)\d+wxyz\s+uvwx"),
+            [vec!["wxyz"], vec!["uvwx"], vec!["abcd", "defg"]]
+        );
     }
 
     #[test]

@@ -59,9 +59,9 @@ mod tests;
 
 use std::path::Path;
 
-pub use compile::{CompileOptions, CompiledRules, PackInfo, RuleInfo, RuleKind};
+pub use compile::{CompileOptions, CompiledRules, PackInfo, RuleInfo, RuleKind, TargetStats};
 pub use error::{Error, Problem, Step};
-pub use scan::{Action, Hit, PackResult, ScanResult};
+pub use scan::{Action, Hit, PackResult, ScanResult, profile_scan};
 pub use schema::{TestEnvelope, Thresholds};
 pub use store::{ReloadOutcome, RuleStore, WatchHandle, watch};
 pub use target::{Field, Target, Targets};

@@ -118,8 +118,12 @@ struct RuleState {
 
 struct Scratch {
     state: Vec<RuleState>,
-    /// Per factored regex: the value number it was last made a candidate for.
+    /// Per clause: the value number its mask belongs to.
     stamp: Vec<u64>,
+    /// Per clause: factor sets found in the current value.
+    mask: Vec<u8>,
+    /// Per factored regex: the value number it was queued for.
+    queued: Vec<u64>,
     candidates: Vec<usize>,
     value_no: u64,
 }
@@ -160,10 +164,17 @@ impl TargetMatcher {
                             }
                             record(&mut s.state[*rule], mi, span, 1);
                         }
-                        Consumer::Factor(idx) => {
-                            if s.stamp[*idx] != s.value_no {
-                                s.stamp[*idx] = s.value_no;
-                                s.candidates.push(*idx);
+                        Consumer::Factor { clause, bit } => {
+                            let c = *clause;
+                            if s.stamp[c] != s.value_no {
+                                s.stamp[c] = s.value_no;
+                                s.mask[c] = 0;
+                            }
+                            s.mask[c] |= 1 << bit;
+                            let cl = self.clauses[c];
+                            if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
+                                s.queued[cl.regex] = s.value_no;
+                                s.candidates.push(cl.regex);
                             }
                         }
                     }
@@ -176,9 +187,9 @@ impl TargetMatcher {
                 record(&mut s.state[rr.rule], mi, m.as_bytes(), 1);
             }
         }
-        if let Some(set) = &self.set {
+        for (set, members) in &self.sets {
             for i in set.matches(value).iter() {
-                let rr = &self.set_rules[i];
+                let rr = &members[i];
                 if let Some(m) = rr.re.find(value) {
                     record(&mut s.state[rr.rule], mi, m.as_bytes(), 1);
                 }
@@ -193,12 +204,18 @@ impl CompiledRules {
         let mut s = Scratch {
             state: vec![RuleState::default(); self.rules.len()],
             stamp: Vec::new(),
+            mask: Vec::new(),
+            queued: Vec::new(),
             candidates: Vec::new(),
             value_no: 0,
         };
         for (mi, m) in self.matchers.iter().enumerate() {
             s.stamp.clear();
-            s.stamp.resize(m.factored.len(), 0);
+            s.stamp.resize(m.clauses.len(), 0);
+            s.mask.clear();
+            s.mask.resize(m.clauses.len(), 0);
+            s.queued.clear();
+            s.queued.resize(m.factored.len(), 0);
             targets.for_each_value(&m.target, |v| m.scan_value(mi, v, &mut s));
         }
         let mut counts: Vec<u32> = s.state.iter().map(|r| r.count).collect();
@@ -252,4 +269,105 @@ impl CompiledRules {
 
 fn target_name(t: &Target) -> String {
     t.to_string()
+}
+
+/// Prints where scan time goes (automaton, candidate regexes, regex sets) per target, and
+/// the factored regexes that ran most often without matching. A diagnostic for rule
+/// authors and benchmarks; not used on the SMTP path.
+#[doc(hidden)]
+pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
+    use std::time::{Duration, Instant};
+    for m in &rules.matchers {
+        let (mut t_ac, mut t_re, mut t_set) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut runs, mut matches, mut set_hits) = (0u64, 0u64, 0u64);
+        let mut wasted: Vec<u64> = vec![0; m.factored.len()];
+        let mut stamp = vec![0u64; m.clauses.len()];
+        let mut mask = vec![0u8; m.clauses.len()];
+        let mut queued = vec![0u64; m.factored.len()];
+        let mut n = 0u64;
+        for t in messages {
+            t.for_each_value(&m.target, |value| {
+                n += 1;
+                let mut cands = Vec::new();
+                let s = Instant::now();
+                if let Some(ac) = &m.ac {
+                    for hit in ac.find_overlapping_iter(value) {
+                        for c in &m.consumers[hit.pattern().as_usize()] {
+                            if let Consumer::Factor { clause: i, bit } = c {
+                                if stamp[*i] != n {
+                                    stamp[*i] = n;
+                                    mask[*i] = 0;
+                                }
+                                mask[*i] |= 1 << bit;
+                                let cl = m.clauses[*i];
+                                if mask[*i] == cl.full_mask && queued[cl.regex] != n {
+                                    queued[cl.regex] = n;
+                                    cands.push(cl.regex);
+                                }
+                            }
+                        }
+                    }
+                }
+                t_ac += s.elapsed();
+                let s = Instant::now();
+                for i in cands {
+                    runs += 1;
+                    if m.factored[i].re.is_match(value) {
+                        matches += 1;
+                    } else {
+                        wasted[i] += 1;
+                    }
+                }
+                t_re += s.elapsed();
+                let s = Instant::now();
+                for (set, _) in &m.sets {
+                    set_hits += set.matches(value).iter().count() as u64;
+                }
+                t_set += s.elapsed();
+            });
+        }
+        println!(
+            "{:<20} ac {:>10.3?} regex {:>10.3?} ({runs} runs, {matches} matched) set {:>10.3?} ({} regexes, {set_hits} hits)",
+            m.target.to_string(),
+            t_ac,
+            t_re,
+            t_set,
+            m.sets.iter().map(|s| s.1.len()).sum::<usize>()
+        );
+        // Each set member on its own, to see which ones are expensive.
+        let mut alone: Vec<(Duration, usize)> = Vec::new();
+        let members: Vec<&crate::compile::RegexRule> = m.sets.iter().flat_map(|s| &s.1).collect();
+        for (i, rr) in members.iter().enumerate() {
+            let s = Instant::now();
+            for t in messages {
+                t.for_each_value(&m.target, |v| {
+                    std::hint::black_box(rr.re.is_match(v));
+                });
+            }
+            alone.push((s.elapsed(), i));
+        }
+        let total: Duration = alone.iter().map(|a| a.0).sum();
+        alone.sort_unstable_by(|a, b| b.cmp(a));
+        if !alone.is_empty() {
+            println!("    set members run alone: {total:.3?} in total");
+        }
+        for (d, i) in alone.into_iter().take(8) {
+            let r = members[i];
+            println!(
+                "    {d:>10.3?} alone: {} {}",
+                rules.rules[r.rule].id,
+                r.re.as_str()
+            );
+        }
+        let mut worst: Vec<(u64, usize)> = wasted.iter().copied().zip(0..).collect();
+        worst.sort_unstable_by(|a, b| b.cmp(a));
+        for (w, i) in worst.into_iter().take(5).filter(|(w, _)| *w > 0) {
+            let r = &m.factored[i];
+            println!(
+                "    {w:>6} wasted runs: {} {}",
+                rules.rules[r.rule].id,
+                r.re.as_str()
+            );
+        }
+    }
 }

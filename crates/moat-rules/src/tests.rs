@@ -505,3 +505,67 @@ fn many_rules_compile_and_scan() {
         }
     }
 }
+
+#[test]
+fn prefilter_agrees_with_plain_regex() {
+    // Every regex is scanned through the automaton/clauses/sets machinery and compared
+    // with the same regex run directly: the prefilter may only skip values without a match.
+    let regexes = [
+        r"\byour\s+(?:password|login)\b",
+        r"(?:deactivate|lock(?: up)?) (?:your )?mail\s?box|your mailbox (?:will|may) be locked",
+        r"(?:abcd|defg)\d+wxyz\s+uvwx",
+        r"(?-u)\bcaf\xe9\b",
+        r"^subject: \S{5}",
+        r"\$\d+(?:,\d{3})* (?:million|billion)",
+        r"[a-z]{3}\d{4}",
+        r"(?:winner)?!!!!",
+        r"(?s)start.*?finish",
+        r"(?i)viagra|cialis",
+    ];
+    let texts: &[&[u8]] = &[
+        b"please reset your  PASSWORD now",
+        b"your login",
+        b"your pass word",
+        b"we will lock up your mailbox",
+        b"Your mailbox may be locked",
+        b"mailbox deactivate",
+        b"defg77wxyz  uvwx",
+        b"abcd wxyz uvwx",
+        b"un caf\xe9 noir",
+        b"cafe",
+        b"subject: hello world",
+        b"re: subject: hi",
+        b"wire $12,000,000 million",
+        b"abc1234",
+        b"!!!!",
+        b"!!!",
+        b"start\nand then\nfinish",
+        b"finish start",
+        b"CIALIS",
+        b"",
+    ];
+    let mut src = String::new();
+    for (i, re) in regexes.iter().enumerate() {
+        src.push_str(&format!(
+            "[[rule]]\nid = \"R{i}\"\ntarget = \"body\"\nregex = '{re}'\ncase_sensitive = false\n"
+        ));
+    }
+    let compiled = compile_str(&pack(&src), &CompileOptions::default()).unwrap();
+    for text in texts {
+        let mut t = Targets::new();
+        t.push(Field::Body, text.to_vec());
+        let r = compiled.scan(&t);
+        for (i, re) in regexes.iter().enumerate() {
+            let direct = regex::bytes::Regex::new(&format!("(?i){re}"))
+                .unwrap()
+                .is_match(text);
+            let scanned = r.packs[0].hits.iter().any(|h| h.rule == format!("R{i}"));
+            assert_eq!(
+                scanned,
+                direct,
+                "{re} on {:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+}

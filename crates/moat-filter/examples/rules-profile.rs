@@ -1,0 +1,62 @@
+//! Where scan time goes with imported SpamAssassin rules:
+//! `cargo run --release -p moat-filter --example rules-profile -- RULES.cf... -- MESSAGES...`
+//! (folders are walked).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use moat_filter::{EnvelopeFacts, Limits, extract};
+use moat_rules::{CompileOptions, Field, Targets};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let cf = moat_filter::cli::collect_files(
+        &args[..split].iter().map(PathBuf::from).collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .into_iter()
+    .filter(|p| p.extension().is_some_and(|e| e == "cf"))
+    .collect::<Vec<_>>();
+    let msg_args: Vec<PathBuf> = args.iter().skip(split + 1).map(PathBuf::from).collect();
+    let msgs = moat_filter::cli::collect_files(&msg_args).unwrap();
+    let report = moat_rules::import::spamassassin(&cf, &Default::default()).unwrap();
+    let rules = moat_rules::compile_str(&report.pack, &CompileOptions::default()).unwrap();
+    for s in rules.stats() {
+        println!(
+            "{:<24} patterns {:>5} factored {:>5} set {:>4}",
+            s.target.to_string(),
+            s.patterns,
+            s.factored_regexes,
+            s.set_regexes
+        );
+    }
+    let raws: Vec<Vec<u8>> = msgs.iter().filter_map(|p| std::fs::read(p).ok()).collect();
+    let ex: Vec<Targets<'_>> = raws
+        .iter()
+        .map(|r| extract(r, &EnvelopeFacts::default(), &Limits::default()).targets)
+        .collect();
+    let bodies: Vec<Targets<'static>> = ex
+        .iter()
+        .map(|t| {
+            let mut b = Targets::new();
+            for v in t.field(Field::Body) {
+                b.push(Field::Body, v.to_vec());
+            }
+            b
+        })
+        .collect();
+    let bytes: usize = bodies.iter().map(|b| b.total_len()).sum();
+    let t = Instant::now();
+    for b in &bodies {
+        std::hint::black_box(rules.scan(b));
+    }
+    let el = t.elapsed();
+    println!(
+        "body: {} bytes in {:?} = {:.1} MB/s",
+        bytes,
+        el,
+        bytes as f64 / el.as_secs_f64() / 1e6
+    );
+    moat_rules::profile_scan(&rules, &ex);
+}
