@@ -21,7 +21,14 @@ fn main() {
     let msg_args: Vec<PathBuf> = args.iter().skip(split + 1).map(PathBuf::from).collect();
     let msgs = moat_filter::cli::collect_files(&msg_args).unwrap();
     let report = moat_rules::import::spamassassin(&cf, &Default::default()).unwrap();
-    let rules = moat_rules::compile_str(&report.pack, &CompileOptions::default()).unwrap();
+    let mut options = CompileOptions::default();
+    if let Some(n) = std::env::var("MOAT_SET_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.regex_set_chunk = n;
+    }
+    let rules = moat_rules::compile_str(&report.pack, &options).unwrap();
     for s in rules.stats() {
         println!(
             "{:<24} patterns {:>5} factored {:>5} set {:>4}",

@@ -38,13 +38,15 @@ impl Factors {
         })
     }
 
-    /// Higher is better: a shortest literal of at least 4 bytes is selective enough, so
-    /// then fewer literals win, then longer ones.
-    fn rank(&self) -> (usize, std::cmp::Reverse<usize>, usize) {
+    /// Higher is better: two points per byte of the shortest literal (up to 6 bytes,
+    /// beyond which literals are rare enough), minus one per doubling of the literal
+    /// count; ties go to longer, then fewer literals.
+    fn rank(&self) -> (i64, usize, std::cmp::Reverse<usize>) {
+        let doublings = i64::from(usize::BITS - (self.lits.len().max(1) - 1).leading_zeros());
         (
-            self.min_len.min(4),
-            std::cmp::Reverse(self.lits.len()),
+            2 * self.min_len.min(6) as i64 - doublings,
             self.min_len,
+            std::cmp::Reverse(self.lits.len()),
         )
     }
 }
@@ -120,9 +122,23 @@ const MAX_CLAUSES: usize = 16;
 /// clause per branch; anything else gives one clause. Empty when some branch has no
 /// usable factor.
 pub(crate) fn clauses(hir: &Hir) -> Vec<Vec<Vec<Vec<u8>>>> {
+    // Look through groups and through assertions around a single item (`\b(?:a|b)\b`):
+    // an alternation there is still the whole of what must match.
     let mut top = hir;
-    while let HirKind::Capture(c) = top.kind() {
-        top = &c.sub;
+    loop {
+        match top.kind() {
+            HirKind::Capture(c) => top = &c.sub,
+            HirKind::Concat(subs) => {
+                let mut items = subs
+                    .iter()
+                    .filter(|h| !matches!(h.kind(), HirKind::Look(_) | HirKind::Empty));
+                match (items.next(), items.next()) {
+                    (Some(only), None) => top = only,
+                    _ => break,
+                }
+            }
+            _ => break,
+        }
     }
     if let HirKind::Alternation(alts) = top.kind()
         && alts.len() <= MAX_CLAUSES
@@ -170,13 +186,18 @@ pub(crate) fn required_all(hir: &Hir) -> Vec<Vec<Vec<u8>>> {
     };
     let mut chosen = vec![first];
     if let HirKind::Concat(subs) = top.kind() {
-        let mut parts: Vec<Factors> = subs.iter().filter_map(best).collect();
+        // Candidates: what must start at each position, and what each part requires.
+        let mut parts: Vec<Factors> = (0..subs.len().min(MAX_STARTS))
+            .filter_map(|i| prefixes(&Hir::concat(subs[i..].to_vec())))
+            .chain(subs.iter().filter_map(best))
+            .collect();
         parts.sort_by_key(|p| std::cmp::Reverse(p.rank()));
         for p in parts {
             if chosen.len() == MAX_SETS {
                 break;
             }
-            if !chosen.iter().any(|c| implies(c, &p) || implies(&p, c)) {
+            // Weak extra sets (short, many variants) cost more automaton hits than they save.
+            if p.rank().0 >= 6 && !chosen.iter().any(|c| implies(c, &p) || implies(&p, c)) {
                 chosen.push(p);
             }
         }
@@ -209,7 +230,7 @@ mod tests {
             (r"\bfree\s+money\b", Some(&["money"])),
             // Unicode case folding: `k` also matches KELVIN SIGN; cutting before it leaves
             // one literal.
-            (r"(?i)click\s+here", Some(&["clic"])),
+            (r"(?i)click\s+here", Some(&["click", "clic\u{fffd}"])),
             // Cut at 4 bytes, which may split a UTF-8 sequence (shown as U+FFFD here).
             (
                 r"(?i)kick\s+\d",
@@ -217,7 +238,10 @@ mod tests {
             ),
             (r"(?i-u)click\s+here", Some(&["click"])),
             (r"\d+% off", Some(&["% off"])),
-            ("(?:cheap|discount) meds", Some(&[" meds"])),
+            (
+                "(?:cheap|discount) meds",
+                Some(&["cheap meds", "discount m"]),
+            ),
             ("(?:cheapest|discount)", Some(&["cheapest", "discount"])),
             (r"(?:ab|discount)\d", None),
             (r"\w+@\w+", None),
@@ -227,8 +251,11 @@ mod tests {
             ("(?:winner)?!!!!", Some(&["!!!!"])),
             // Shorter than 4 bytes is not selective enough.
             ("(?:winner)?!!!", None),
-            // `s` folds to LONG S too: the longest run without `s` or `k` is one literal.
-            (r"(?i)unsubscribe(?:\s+here)?", Some(&["cribe"])),
+            // `s` folds to LONG S too, which costs variants; two 6-byte variants win.
+            (
+                r"(?i)unsubscribe(?:\s+here)?",
+                Some(&["ubscrib", "ub\u{17f}cri"]),
+            ),
             // Case variants are capped at 256 (2^8), so the literal is cut to 8 bytes.
             (r"(?i-u)unsubscribe(?:\s+here)?", Some(&["unsubscr"])),
         ];
@@ -257,7 +284,7 @@ mod tests {
         };
         assert_eq!(
             sets(r"(?i-u)\byour\s+(?:password|login)\b"),
-            [vec!["your"], vec!["login", "password"]]
+            [vec!["login", "password"], vec!["your"]]
         );
         // A set implied by another (a literal of one contains the other) is not repeated.
         assert_eq!(sets("lottery winner"), [vec!["lottery winner"]]);
