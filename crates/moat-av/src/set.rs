@@ -2,7 +2,8 @@
 //! breaker, and grouped into a set that scans with `all` of them or the first that works.
 //!
 //! Layer order around one engine, outermost first: circuit breaker (fail fast while open) →
-//! deadline (covers the wait for a permit and the scan) → concurrency limit → engine.
+//! concurrency limit (waiting at most the scan timeout, else overload) → scan timeout →
+//! engine. The stage's message timeout bounds the sum.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,7 +30,7 @@ pub enum Mode {
 /// Limits applied around one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
-    /// Bound on one scan, including the wait for a concurrency permit.
+    /// Bound on one scan; the wait for a concurrency permit is bounded by the same amount.
     pub scan_timeout: Duration,
     /// Most scans in flight on this engine.
     pub concurrency: usize,
@@ -193,34 +194,37 @@ impl Guarded {
                 ));
             }
         };
-        let deadline = tokio::time::Instant::now() + self.limits.scan_timeout;
-        let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                if probe {
-                    lock(&self.breaker).release_probe(Instant::now());
+        // The wait for a permit has its own bound: a scan that queued behind others still
+        // gets its whole timeout, so overload (ours) is never charged to the engine.
+        let permit =
+            match tokio::time::timeout(self.limits.scan_timeout, self.permits.acquire()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    if probe {
+                        lock(&self.breaker).release_probe(Instant::now());
+                    }
+                    self.metrics.error(AvErrorKind::Overloaded);
+                    return Err(AvError::new(
+                        AvErrorKind::Overloaded,
+                        format!(
+                            "engine {}: all {} scan slots busy for the whole timeout",
+                            self.name, self.limits.concurrency
+                        ),
+                    ));
                 }
-                self.metrics.error(AvErrorKind::Overloaded);
-                return Err(AvError::new(
-                    AvErrorKind::Overloaded,
-                    format!(
-                        "engine {}: all {} scan slots busy for the whole timeout",
-                        self.name, self.limits.concurrency
-                    ),
-                ));
-            }
-        };
+            };
         let start = Instant::now();
-        let result = match tokio::time::timeout_at(deadline, self.engine.scan(data)).await {
-            Ok(r) => r,
-            Err(_) => Err(AvError::new(
-                AvErrorKind::Timeout,
-                format!(
-                    "engine {}: no answer within {:?}",
-                    self.name, self.limits.scan_timeout
-                ),
-            )),
-        };
+        let result =
+            match tokio::time::timeout(self.limits.scan_timeout, self.engine.scan(data)).await {
+                Ok(r) => r,
+                Err(_) => Err(AvError::new(
+                    AvErrorKind::Timeout,
+                    format!(
+                        "engine {}: no answer within {:?}",
+                        self.name, self.limits.scan_timeout
+                    ),
+                )),
+            };
         drop(permit);
         self.metrics.seconds(start.elapsed().as_secs_f64());
         match &result {
