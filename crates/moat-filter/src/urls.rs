@@ -2,6 +2,7 @@
 //! entities decoded), scheme-relative links and defanged forms (`hxxp`, `[.]`, `(dot)`).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 /// Collects URLs (normalised to have a scheme) and their hosts, without duplicates.
@@ -10,6 +11,8 @@ pub(crate) struct UrlSink {
     pub(crate) urls: Vec<String>,
     pub(crate) hosts: Vec<String>,
     pub(crate) max: usize,
+    seen_urls: HashSet<String>,
+    seen_hosts: HashSet<String>,
 }
 
 impl UrlSink {
@@ -26,11 +29,11 @@ impl UrlSink {
     }
 
     fn push(&mut self, url: String) {
-        if self.full() || self.urls.contains(&url) {
+        if self.full() || !self.seen_urls.insert(url.clone()) {
             return;
         }
         if let Some(host) = host_of(&url)
-            && !self.hosts.contains(&host)
+            && self.seen_hosts.insert(host.clone())
         {
             self.hosts.push(host);
         }
@@ -71,17 +74,28 @@ fn undefang(text: &str) -> Cow<'_, str> {
 
 /// Finds URLs in plain text.
 pub(crate) fn from_text(text: &str, sink: &mut UrlSink) {
+    const PREFIXES: [&str; 4] = ["http://", "https://", "ftp://", "www."];
     let text = undefang(text);
     let lower = text.to_ascii_lowercase();
+    // Next occurrence of each prefix at or after `i` (usize::MAX: none left). Each search
+    // only moves forward, so the whole scan is linear in the text.
+    let mut next = [0usize; 4];
+    let mut fresh = [false; 4];
     let mut i = 0;
     while i < lower.len() && !sink.full() {
-        let rest = &lower[i..];
-        let next = ["http://", "https://", "ftp://", "www."]
-            .iter()
-            .filter_map(|p| rest.find(p).map(|at| (at, *p)))
-            .min_by_key(|(at, _)| *at);
-        let Some((at, prefix)) = next else { break };
-        let start = i + at;
+        for k in 0..PREFIXES.len() {
+            if !fresh[k] || (next[k] != usize::MAX && next[k] < i) {
+                next[k] = lower[i..].find(PREFIXES[k]).map_or(usize::MAX, |at| i + at);
+                fresh[k] = true;
+            }
+        }
+        let Some(k) = (0..PREFIXES.len()).min_by_key(|k| next[*k]) else {
+            break;
+        };
+        if next[k] == usize::MAX {
+            break;
+        }
+        let (start, prefix) = (next[k], PREFIXES[k]);
         // `www.` inside a longer word (or inside a URL already taken) is not a new URL.
         let glued = text[..start]
             .chars()
@@ -155,6 +169,9 @@ pub(crate) fn decode_entities(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Longest attribute value examined, in bytes.
+const MAX_ATTR: usize = 8 * 1024;
+
 /// Finds URLs in HTML markup: link attributes first, then any URL-looking text.
 pub(crate) fn from_html(html: &str, sink: &mut UrlSink) {
     let lower = html.to_ascii_lowercase();
@@ -172,19 +189,23 @@ pub(crate) fn from_html(html: &str, sink: &mut UrlSink) {
                 continue;
             }
             let vstart = html.len() - after.len() + 1;
-            let v = html[vstart..].trim_start();
-            let vpos = html.len() - v.len();
-            let (value, _) = match v.chars().next() {
+            // Values longer than this are not links; the bound keeps the scan linear when
+            // an attribute has no closing quote.
+            let mut wend = (vstart + MAX_ATTR).min(html.len());
+            while !html.is_char_boundary(wend) {
+                wend -= 1;
+            }
+            let v = html[vstart..wend].trim_start();
+            let value = match v.chars().next() {
                 Some(q @ ('"' | '\'')) => {
-                    let inner = &html[vpos + 1..];
-                    let end = inner.find(q).unwrap_or(inner.len());
-                    (&inner[..end], ())
+                    let inner = &v[1..];
+                    &inner[..inner.find(q).unwrap_or(inner.len())]
                 }
                 _ => {
                     let end = v
                         .find(|c: char| c.is_whitespace() || c == '>')
                         .unwrap_or(v.len());
-                    (&v[..end], ())
+                    &v[..end]
                 }
             };
             let value = decode_entities(value.trim());
@@ -374,6 +395,27 @@ mod tests {
         let mut sink = UrlSink::new(10);
         from_text(&text, &mut sink);
         assert_eq!(sink.urls.len(), 10);
+    }
+
+    #[test]
+    fn many_repeated_urls_take_linear_time() {
+        // 200,000 copies of one URL: one URL found, and no quadratic rescanning.
+        let text = "http://same.example/ ".repeat(200_000);
+        let started = std::time::Instant::now();
+        let mut sink = UrlSink::new(1000);
+        from_text(&text, &mut sink);
+        from_html(&text, &mut sink);
+        assert_eq!(sink.urls, ["http://same.example/"]);
+        // Unterminated attribute values, many of them.
+        let html = "<a href=\"x".repeat(100_000);
+        from_html(&html, &mut sink);
+        let html = "<a href=x".repeat(100_000);
+        from_html(&html, &mut sink);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

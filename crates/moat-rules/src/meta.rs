@@ -544,3 +544,22 @@ mod tests {
         assert!(parse(&src).unwrap_err().message.contains("too deeply"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text over the expression alphabet parses or fails cleanly.
+        #[test]
+        fn parse_never_panics(src in "[A-C_ ()!&|<>=+*,0-9.-]{0,80}|count\\([A-C*, ]{0,20}\\)|hits\\([A-C]{0,3}\\)") {
+            let _ = super::parse(&src);
+        }
+
+        /// Arbitrary Unicode too.
+        #[test]
+        fn parse_never_panics_unicode(src in "\\PC{0,60}") {
+            let _ = super::parse(&src);
+        }
+    }
+}
