@@ -9,7 +9,8 @@
 //! recording client (`py/crashload.py`) that writes down every number acknowledged with 250
 //! and sends again whatever a lost connection cut short.
 //!
-//! Seed the kill schedule with `MOAT_CRASH_SEED=<n>` to repeat a run.
+//! Seed the kill schedule with `MOAT_CRASH_SEED=<n>` to repeat a run; `MOAT_CRASH_KEEP=1`
+//! keeps the test's directory (queue, node log, what the sink received).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -230,7 +231,16 @@ fn sigkill_during_load_loses_no_acknowledged_message() {
     println!("crash test seed: MOAT_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
 
-    let dir = tempfile::tempdir().unwrap();
+    // MOAT_CRASH_KEEP=1 keeps the queue, the node's log and the sink's messages for a look.
+    let keep = std::env::var_os("MOAT_CRASH_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("moat-crash.")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        println!("keeping {}", dir.path().display());
+    }
     let d = dir.path().display().to_string();
     let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
