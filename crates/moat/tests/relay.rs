@@ -69,14 +69,6 @@ impl Drop for Sink {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn hop(name: &str, port: u16) -> String {
     format!(
         "\n[[relay.hop]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"off\"\n"

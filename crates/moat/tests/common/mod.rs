@@ -21,7 +21,8 @@ pub struct Node {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on (bound once, then released).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
