@@ -13,6 +13,10 @@
 //!   each decoded part and the whole message, and maps the outcome through an [`AvPolicy`]:
 //!   `554 5.7.1` naming the signature, quarantine, `451 4.7.0` when the scanner is down
 //!   (fail-closed) or a header saying the message was not scanned (fail-open).
+//! - [`AttachmentStage`]: a [`moat_core::Stage`] with rules by file name (extension, double
+//!   extension, bidi tricks; RFC 2231 and RFC 2047 names decoded), declared type, true type
+//!   from magic bytes ([`sniff`]) and zip contents within [`ArchiveLimits`]; actions reject,
+//!   strip and silent delete ([`AttachmentAction`]).
 //! - [`AvMetrics`]: the Prometheus handles, on an explicit registry.
 //!
 //! ```no_run
@@ -39,18 +43,27 @@
 //! engine are length-limited, and signature names are reduced to printable ASCII before they
 //! go into an SMTP reply.
 
+mod archive;
+mod attach;
 mod cache;
 mod clamd;
 mod engine;
 mod error;
+mod magic;
 mod metrics;
 mod set;
 mod stage;
 
+pub use archive::{ArchiveFinding, ArchiveLimits, inspect_zip};
+pub use attach::{
+    AttachmentAction, AttachmentFinding, AttachmentPolicy, AttachmentReport, AttachmentRule,
+    AttachmentStage, DEFAULT_BLOCKED_EXTENSIONS, DEFAULT_BLOCKED_TYPES, extensions,
+};
 pub use cache::{CacheConfig, Digest, VerdictCache, digest};
 pub use clamd::{ClamdAddress, ClamdConfig, ClamdEngine};
 pub use engine::{AntivirusEngine, HealthFuture, ScanFuture, ScanResult};
 pub use error::{AvError, AvErrorKind, Fault};
+pub use magic::{TrueType, sniff};
 pub use metrics::AvMetrics;
 pub use set::{BreakerState, EngineLimits, EngineSet, EngineSpec, EngineStatus, Mode};
 pub use stage::{

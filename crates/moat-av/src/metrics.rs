@@ -2,6 +2,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::attach::{AttachmentAction, AttachmentRule};
 use crate::error::AvErrorKind;
 
 /// Closed set of `result` label values of `moat_av_scans_total`.
@@ -43,6 +44,7 @@ pub(crate) const MESSAGE_OUTCOMES: &[&str] = &[
 /// | `moat_av_cache_lookups_total` | counter | `result` (`hit`, `miss`) |
 /// | `moat_av_messages_total` | counter | `outcome` (`clean`, `rejected`, `quarantined`, `stripped`, `tempfailed`, `accepted-unscanned`, `unscannable-rejected`, `unscannable-accepted`) |
 /// | `moat_av_message_seconds` | histogram | — (whole antivirus stage per message) |
+/// | `moat_av_attachment_actions_total` | counter | `rule` (`extension`, `double-extension`, `deceptive-name`, `declared-type`, `true-type`, `encrypted-archive`, `archive-limit`), `action` (`reject`, `strip`, `silent-delete`) |
 #[derive(Clone, Debug)]
 pub struct AvMetrics {
     scans: IntCounterVec,
@@ -51,6 +53,7 @@ pub struct AvMetrics {
     cache: IntCounterVec,
     messages: IntCounterVec,
     message_seconds: Histogram,
+    attachments: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -103,6 +106,14 @@ impl AvMetrics {
             )
             .buckets(BUCKETS.to_vec()),
         )?;
+        let attachments = IntCounterVec::new(
+            Opts::new(
+                "moat_av_attachment_actions_total",
+                "Attachment rule matches by rule and action.",
+            ),
+            &["rule", "action"],
+        )?;
+        registry.register(Box::new(attachments.clone()))?;
         registry.register(Box::new(scans.clone()))?;
         registry.register(Box::new(scan_seconds.clone()))?;
         registry.register(Box::new(engine_up.clone()))?;
@@ -111,6 +122,15 @@ impl AvMetrics {
         registry.register(Box::new(message_seconds.clone()))?;
         for r in ["hit", "miss"] {
             cache.with_label_values(&[r]);
+        }
+        for r in AttachmentRule::ALL {
+            for a in [
+                AttachmentAction::Reject,
+                AttachmentAction::Strip,
+                AttachmentAction::SilentDelete,
+            ] {
+                attachments.with_label_values(&[r.as_str(), a.as_str()]);
+            }
         }
         for o in MESSAGE_OUTCOMES {
             messages.with_label_values(&[o]);
@@ -122,6 +142,7 @@ impl AvMetrics {
             cache,
             messages,
             message_seconds,
+            attachments,
         })
     }
 
@@ -143,6 +164,12 @@ impl AvMetrics {
     pub(crate) fn cache_lookup(&self, hit: bool) {
         self.cache
             .with_label_values(&[if hit { "hit" } else { "miss" }])
+            .inc();
+    }
+
+    pub(crate) fn attachment(&self, rule: AttachmentRule, action: AttachmentAction) {
+        self.attachments
+            .with_label_values(&[rule.as_str(), action.as_str()])
             .inc();
     }
 
