@@ -532,7 +532,11 @@ pub fn extensions(name: &str) -> Vec<String> {
 /// Replaces the given top-level parts with a text notice. Each part's bytes run from its
 /// first header line to the end of its body; the boundary lines around it stay, so the
 /// multipart structure stays valid.
-fn strip_parts(message: &[u8], parsed: &Message<'_>, parts: &[(usize, &str)]) -> Vec<u8> {
+pub(crate) fn strip_parts(
+    message: &[u8],
+    parsed: &Message<'_>,
+    parts: &[(usize, &str)],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len());
     let mut pos = 0usize;
     for &(i, rule) in parts {

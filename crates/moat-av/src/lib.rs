@@ -67,5 +67,6 @@ pub use magic::{TrueType, sniff};
 pub use metrics::AvMetrics;
 pub use set::{BreakerState, EngineLimits, EngineSet, EngineSpec, EngineStatus, Mode};
 pub use stage::{
-    AntivirusStage, AvOutcome, AvPolicy, OnDetection, OnFailure, OnUnscannable, ScanTargets,
+    AntivirusStage, AvOutcome, AvPolicy, Detection, OnDetection, OnFailure, OnUnscannable,
+    ScanTargets,
 };

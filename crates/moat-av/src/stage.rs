@@ -1,5 +1,6 @@
 //! The antivirus stage: MIME walk → scans (through the cache) → one outcome → a verdict.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,9 @@ pub enum OnDetection {
     Reject,
     /// Accept and hold for an operator.
     Quarantine,
-    /// Remove the infected parts and add a notice. The [`Stage`] interface cannot hand back a
-    /// rewritten message yet, so through [`Stage::data`] this quarantines (never delivers the
-    /// infected part); see [`AntivirusStage::check`].
+    /// Remove the infected parts and add a notice ([`AntivirusStage::strip`]). A [`Verdict`]
+    /// cannot carry a rewritten message yet, so through [`Stage::data`] this quarantines with
+    /// a reason starting `antivirus strip:` (the infected part is never delivered).
     Strip,
 }
 
@@ -113,12 +114,23 @@ impl Default for AvPolicy {
 pub enum AvOutcome {
     /// Everything scanned, nothing found.
     Clean,
-    /// At least one detection; the signature names, each once, in the order found.
-    Infected(Vec<String>),
+    /// At least one detection.
+    Infected(Detection),
     /// The engines could not judge some content.
     Unscannable(String),
     /// No answer could be had.
     Failed(AvError),
+}
+
+/// What was found in an infected message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// Signature names, each once, in the order found.
+    pub signatures: Vec<String>,
+    /// Indices of the top-level MIME parts that hold a detection (the attached message for a
+    /// part inside one). All of them only with [`OnDetection::Strip`]; otherwise the scan
+    /// stops at the first. Empty when only the whole-message scan found something.
+    pub parts: Vec<usize>,
 }
 
 /// Scans messages with an [`EngineSet`] and applies an [`AvPolicy`]. One per connector; the
@@ -185,6 +197,7 @@ impl AntivirusStage {
     async fn check_inner(&self, message: &[u8]) -> AvOutcome {
         let t = self.policy.targets;
         let mut found: Vec<String> = Vec::new();
+        let mut parts: Vec<usize> = Vec::new();
         let mut unscannable = None;
         // Keep going after a detection only when every infected part must be known.
         let exhaustive = self.policy.on_detection == OnDetection::Strip;
@@ -194,7 +207,7 @@ impl AntivirusStage {
             let mut leaves = Vec::new();
             let mut over = false;
             if let Some(m) = &parsed {
-                collect_leaves(m, 0, &t, &mut leaves, &mut over);
+                collect_leaves(m, 0, &t, None, &mut leaves, &mut over);
             }
             if over && !t.whole_message {
                 unscannable = Some(format!(
@@ -202,26 +215,39 @@ impl AntivirusStage {
                     t.max_parts, t.max_depth
                 ));
             }
-            let mut seen = std::collections::HashSet::new();
-            for part in leaves {
+            // Identical parts in one message are scanned once.
+            let mut seen: HashMap<cache::Digest, ScanResult> = HashMap::new();
+            for (top, part) in leaves {
                 let key = cache::digest(part);
-                if !seen.insert(key) {
-                    continue;
-                }
-                match self.scan_cached(part, key).await {
-                    Ok(ScanResult::Clean) => {}
-                    Ok(ScanResult::Infected(sig)) => {
+                let result = match seen.get(&key) {
+                    Some(r) => r.clone(),
+                    None => match self.scan_cached(part, key).await {
+                        Ok(r) => {
+                            seen.insert(key, r.clone());
+                            r
+                        }
+                        Err(e) => return AvOutcome::Failed(e),
+                    },
+                };
+                match result {
+                    ScanResult::Clean => {}
+                    ScanResult::Infected(sig) => {
                         if !found.contains(&sig) {
                             found.push(sig);
                         }
+                        if !parts.contains(&top) {
+                            parts.push(top);
+                        }
                         if !exhaustive {
-                            return AvOutcome::Infected(found);
+                            return AvOutcome::Infected(Detection {
+                                signatures: found,
+                                parts,
+                            });
                         }
                     }
-                    Ok(ScanResult::Unscannable(why)) => {
+                    ScanResult::Unscannable(why) => {
                         unscannable.get_or_insert(why);
                     }
-                    Err(e) => return AvOutcome::Failed(e),
                 }
             }
         }
@@ -242,7 +268,10 @@ impl AntivirusStage {
             }
         }
         if !found.is_empty() {
-            AvOutcome::Infected(found)
+            AvOutcome::Infected(Detection {
+                signatures: found,
+                parts,
+            })
         } else if let Some(why) = unscannable {
             AvOutcome::Unscannable(why)
         } else {
@@ -269,6 +298,22 @@ impl AntivirusStage {
         Ok(r)
     }
 
+    /// For [`OnDetection::Strip`]: `message` with each infected top-level part replaced by a
+    /// text notice (boundaries kept, so the result is valid MIME). `None` when there is
+    /// nothing that can be stripped: the detection came from the whole-message scan only, or
+    /// the infected part is the message body itself; such a message must be rejected or
+    /// quarantined instead.
+    pub fn strip(&self, message: &[u8], detection: &Detection) -> Option<Vec<u8>> {
+        if detection.parts.is_empty() || detection.parts.contains(&0) {
+            return None;
+        }
+        let parsed = MessageParser::default().parse(message)?;
+        let mut parts: Vec<(usize, &str)> = detection.parts.iter().map(|&p| (p, "virus")).collect();
+        parts.sort_unstable();
+        let out = crate::attach::strip_parts(message, &parsed, &parts);
+        (out != message).then_some(out)
+    }
+
     /// Applies the policy to an outcome; returns the verdict and the `outcome` metric label.
     pub fn verdict(&self, outcome: &AvOutcome) -> (Verdict, &'static str) {
         let p = &self.policy;
@@ -278,8 +323,8 @@ impl AntivirusStage {
                 "clean",
             ),
             AvOutcome::Clean => (Verdict::Continue, "clean"),
-            AvOutcome::Infected(sigs) => {
-                let names = sigs.join(", ");
+            AvOutcome::Infected(d) => {
+                let names = d.signatures.join(", ");
                 match p.on_detection {
                     OnDetection::Reject => (
                         Verdict::Reject(Reply::new(
@@ -289,9 +334,13 @@ impl AntivirusStage {
                         )),
                         "rejected",
                     ),
-                    OnDetection::Quarantine | OnDetection::Strip => (
+                    OnDetection::Quarantine => (
                         Verdict::Quarantine(format!("virus found: {names}")),
                         "quarantined",
+                    ),
+                    OnDetection::Strip => (
+                        Verdict::Quarantine(format!("antivirus strip: virus found: {names}")),
+                        "stripped",
                     ),
                 }
             }
@@ -351,9 +400,9 @@ impl Stage for AntivirusStage {
             self.metrics.message(label, start.elapsed().as_secs_f64());
             match &outcome {
                 AvOutcome::Clean => {}
-                AvOutcome::Infected(sigs) => tracing::info!(
+                AvOutcome::Infected(d) => tracing::info!(
                     connector = %session.connector, client = %session.client_ip(),
-                    outcome = label, signatures = %sigs.join(", "), "virus found"
+                    outcome = label, signatures = %d.signatures.join(", "), "virus found"
                 ),
                 AvOutcome::Unscannable(why) => tracing::info!(
                     connector = %session.connector, client = %session.client_ip(),
@@ -374,10 +423,12 @@ fn collect_leaves<'m>(
     m: &'m Message<'m>,
     depth: usize,
     t: &ScanTargets,
-    out: &mut Vec<&'m [u8]>,
+    top: Option<usize>,
+    out: &mut Vec<(usize, &'m [u8])>,
     over: &mut bool,
 ) {
-    for part in &m.parts {
+    for (i, part) in m.parts.iter().enumerate() {
+        let at = top.unwrap_or(i);
         let bytes: &[u8] = match &part.body {
             PartType::Text(s) | PartType::Html(s) => s.as_bytes(),
             PartType::Binary(b) | PartType::InlineBinary(b) => b,
@@ -385,7 +436,7 @@ fn collect_leaves<'m>(
                 if depth + 1 > t.max_depth {
                     *over = true;
                 } else {
-                    collect_leaves(inner, depth + 1, t, out, over);
+                    collect_leaves(inner, depth + 1, t, Some(at), out, over);
                 }
                 continue;
             }
@@ -398,7 +449,7 @@ fn collect_leaves<'m>(
             *over = true;
             return;
         }
-        out.push(bytes);
+        out.push((at, bytes));
     }
 }
 

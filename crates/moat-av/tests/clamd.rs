@@ -233,6 +233,87 @@ fn clamd_engine_and_stage() {
             Verdict::Tag(vec![("X-Moat-Virus-Scan".into(), "clean".into())])
         );
 
+        // Strip: every infected part replaced by a notice, the rest kept, valid MIME.
+        let strip = AntivirusStage::new(
+            engines.clone(),
+            None,
+            AvPolicy {
+                on_detection: OnDetection::Strip,
+                ..AvPolicy::default()
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let two = format!(
+            "From: a@example.org\r\nSubject: two\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"s\"\r\n\r\n\
+             --s\r\nContent-Type: text/plain\r\n\r\nSee the files.\r\n\
+             --s\r\nContent-Type: application/octet-stream; name=\"a.com\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{e}\
+             --s\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{p}\
+             --s\r\nContent-Type: application/zip; name=\"b.zip\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{z}\
+             --s--\r\n",
+            e = common::b64(&eicar()),
+            p = common::b64(b"%PDF-1.4 harmless"),
+            z = common::b64(&zip_stored("e.com", &eicar())),
+        )
+        .into_bytes();
+        let moat_av::AvOutcome::Infected(det) = strip.check(&two).await else {
+            panic!("expected a detection");
+        };
+        assert_eq!(det.parts, [2, 4], "both infected parts found: {det:?}");
+        let stripped = strip.strip(&two, &det).expect("strippable");
+        let parsed = mail_parser::MessageParser::default().parse(&stripped).unwrap();
+        assert_eq!(parsed.parts.len(), 5);
+        assert_eq!(parsed.body_text(0).as_deref(), Some("See the files."));
+        assert_eq!(parsed.parts[3].contents(), b"%PDF-1.4 harmless");
+        for i in [2, 4] {
+            let notice = std::str::from_utf8(parsed.parts[i].contents()).unwrap();
+            assert!(notice.contains("was removed"), "{notice}");
+        }
+        // The stripped message scans clean, as parts and as a whole.
+        assert!(matches!(strip.check(&stripped).await, moat_av::AvOutcome::Clean));
+        match strip.data(&session(), &envelope(), &two).await {
+            Verdict::Quarantine(r) => assert!(r.starts_with("antivirus strip:"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // Found by the whole-message scan only: nothing to strip.
+        let whole_only = moat_av::Detection {
+            signatures: vec!["x".into()],
+            parts: vec![],
+        };
+        assert_eq!(strip.strip(&two, &whole_only), None);
+
+        // Unscannable (over clamd's 2M StreamMaxLength): rejected by default, or accepted
+        // with the reason in the header.
+        let huge = with_attachment("big.bin", "application/octet-stream", &vec![7u8; 3 << 20]);
+        let v = AntivirusStage::new(engines.clone(), None, AvPolicy::default(), metrics.clone())
+            .unwrap()
+            .data(&session(), &envelope(), &huge)
+            .await;
+        assert!(matches!(&v, Verdict::Reject(r) if r.code() == 554), "{v:?}");
+        let v = AntivirusStage::new(
+            engines.clone(),
+            None,
+            AvPolicy {
+                on_unscannable: moat_av::OnUnscannable::Accept,
+                ..AvPolicy::default()
+            },
+            metrics.clone(),
+        )
+        .unwrap()
+        .data(&session(), &envelope(), &huge)
+        .await;
+        assert_eq!(
+            v,
+            Verdict::Tag(vec![(
+                "X-Moat-Virus-Scan".into(),
+                "not scanned (clamd instream size limit exceeded)".into()
+            )])
+        );
+
         // The cache: one attachment sent in 50 messages is scanned once.
         let cache = Arc::new(VerdictCache::new(CacheConfig {
             min_size: 0,
