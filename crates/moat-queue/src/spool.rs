@@ -255,12 +255,26 @@ impl Shared {
 pub(crate) struct Pending {
     pub payload: Vec<u8>,
     pub pcrc: u32,
+    /// A live record rewritten by compaction: not a new message for the metrics.
+    pub copy: bool,
 }
 
 impl Pending {
     pub fn new(payload: Vec<u8>) -> Self {
         let pcrc = record::payload_crc(&payload);
-        Self { payload, pcrc }
+        Self {
+            payload,
+            pcrc,
+            copy: false,
+        }
+    }
+
+    /// A record copied forward by compaction.
+    fn copied(payload: Vec<u8>) -> Self {
+        Self {
+            copy: true,
+            ..Self::new(payload)
+        }
     }
 }
 
@@ -590,7 +604,7 @@ impl Committer {
             // We encoded it ourselves a moment ago; decoding it is what recovery will do.
             match record::decode(&p.payload) {
                 Ok(rec) => {
-                    if matches!(rec, Record::Message { .. }) {
+                    if !p.copy && matches!(rec, Record::Message { .. }) {
                         m.enqueued.inc();
                     }
                     let loc = loc_at(seg, payload_at, &p.payload, p.pcrc, &rec);
@@ -728,7 +742,7 @@ impl Committer {
                 QueueError::Corrupt(_) => QueueError::Corrupt(crate::format_id(*id)),
                 e => e,
             })?;
-            pending.push(Pending::new(record::encode_message(meta, &body).0));
+            pending.push(Pending::copied(record::encode_message(meta, &body).0));
         }
         let n = pending.len();
         // Keep each commit bounded so a big head does not make one enormous write.
