@@ -505,6 +505,7 @@ pub(crate) fn compile(
         return Err(Error::refused(Step::Validate, problems));
     }
 
+    let validated = started.elapsed();
     // Regexes compile in parallel: a large imported pack has thousands.
     let compiled: Vec<Result<Vec<CompiledRegex>, Problem>> = pending
         .par_iter()
@@ -535,6 +536,7 @@ pub(crate) fn compile(
         return Err(Error::refused(Step::Compile, problems));
     }
 
+    let regexes_built = started.elapsed();
     // Group entries by target.
     let mut by_target: BTreeMap<Target, TargetBuild> = BTreeMap::new();
     for (p, res) in pending.iter().zip(regexes) {
@@ -602,6 +604,13 @@ pub(crate) fn compile(
     if !problems.is_empty() {
         return Err(Error::refused(Step::Compile, problems));
     }
+    tracing::debug!(
+        rules = rules.len(),
+        validate_ms = validated.as_millis() as u64,
+        regex_ms = (regexes_built - validated).as_millis() as u64,
+        automata_ms = (started.elapsed() - regexes_built).as_millis() as u64,
+        "rules compiled"
+    );
     Ok(CompiledRules {
         packs,
         rules,
@@ -673,7 +682,8 @@ fn compile_regex(
         .build()
         .parse(&eff)
         .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
-    Ok((Arc::new(re), factor::clauses(&hir)))
+    let c = factor::clauses(&hir);
+    Ok((Arc::new(re), c))
 }
 
 fn one_line(s: &str) -> String {

@@ -3,6 +3,8 @@
 //! only on values where one was found.
 
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use std::collections::HashMap;
+
 use regex_syntax::hir::{Hir, HirKind};
 
 /// Shortest factor worth a place in the automaton.
@@ -25,6 +27,10 @@ impl Factors {
         let mut lits: Vec<Vec<u8>> = lits.into_iter().map(|l| l.to_ascii_lowercase()).collect();
         lits.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         lits.dedup();
+        // Containment removal is quadratic; far too many literals will not shrink enough.
+        if lits.len() > 4 * MAX_SET {
+            return None;
+        }
         let mut kept: Vec<Vec<u8>> = Vec::with_capacity(lits.len());
         for l in lits {
             if !kept.iter().any(|k| contains(&l, k)) {
@@ -80,38 +86,69 @@ fn prefixes(hir: &Hir) -> Option<Factors> {
     // (`click\t`, `click\n`, ... into `click`).
     let longest = lits.iter().map(Vec::len).max().unwrap_or(0);
     let mut found = None;
-    for cut in MIN_LEN..=longest {
+    // A few cut lengths are enough; trying every length made compiling large packs slow.
+    let cuts = [MIN_LEN, 5, 6, 8, 12, longest];
+    for cut in cuts.into_iter().filter(|c| *c >= MIN_LEN && *c <= longest) {
         let cut_lits = lits.iter().map(|l| l[..l.len().min(cut)].to_vec());
         found = better(found, Factors::new(cut_lits));
     }
     found
 }
 
-fn best(hir: &Hir) -> Option<Factors> {
-    match hir.kind() {
-        HirKind::Capture(c) => best(&c.sub),
-        HirKind::Repetition(r) if r.min >= 1 => better(prefixes(hir), best(&r.sub)),
+/// Results already computed for nodes of one regex's syntax tree (keyed by node address,
+/// valid while the tree is borrowed): the same sub-trees are reached from several paths.
+#[derive(Default)]
+struct Memo {
+    best: HashMap<usize, Option<Factors>>,
+    tails: HashMap<(usize, usize), Option<Factors>>,
+}
+
+fn key(h: &Hir) -> usize {
+    h as *const Hir as usize
+}
+
+/// What must start at position `start` of the concatenation `concat` (children `subs`).
+fn tail(concat: &Hir, subs: &[Hir], start: usize, memo: &mut Memo) -> Option<Factors> {
+    if let Some(f) = memo.tails.get(&(key(concat), start)) {
+        return f.clone();
+    }
+    let f = prefixes(&Hir::concat(subs[start..].to_vec()));
+    memo.tails.insert((key(concat), start), f.clone());
+    f
+}
+
+fn best(hir: &Hir, memo: &mut Memo) -> Option<Factors> {
+    if let Some(f) = memo.best.get(&key(hir)) {
+        return f.clone();
+    }
+    let f = match hir.kind() {
+        HirKind::Capture(c) => best(&c.sub, memo),
+        HirKind::Repetition(r) if r.min >= 1 => better(prefixes(hir), best(&r.sub, memo)),
         HirKind::Concat(subs) => {
             let mut found = None;
             for start in 0..subs.len().min(MAX_STARTS) {
-                let tail = Hir::concat(subs[start..].to_vec());
-                found = better(found, prefixes(&tail));
+                found = better(found, tail(hir, subs, start, memo));
             }
             for sub in subs {
-                found = better(found, best(sub));
+                found = better(found, best(sub, memo));
             }
             found
         }
         HirKind::Alternation(alts) => {
             // Every branch must contribute, or a match could avoid all of them.
-            let mut union = Vec::new();
+            let mut union = Some(Vec::new());
             for alt in alts {
-                union.extend(best(alt)?.lits);
+                match (best(alt, memo), union.as_mut()) {
+                    (Some(f), Some(u)) => u.extend(f.lits),
+                    _ => union = None,
+                }
             }
-            better(prefixes(hir), Factors::new(union))
+            better(prefixes(hir), union.and_then(Factors::new))
         }
         _ => prefixes(hir),
-    }
+    };
+    memo.best.insert(key(hir), f.clone());
+    f
 }
 
 /// Most alternatives of a top-level alternation handled as separate clauses.
@@ -143,13 +180,14 @@ pub(crate) fn clauses(hir: &Hir) -> Vec<Vec<Vec<Vec<u8>>>> {
     if let HirKind::Alternation(alts) = top.kind()
         && alts.len() <= MAX_CLAUSES
     {
-        let per_branch: Vec<_> = alts.iter().map(required_all).collect();
+        let mut memo = Memo::default();
+        let per_branch: Vec<_> = alts.iter().map(|a| required_all(a, &mut memo)).collect();
         if per_branch.iter().all(|c| !c.is_empty()) {
             return per_branch;
         }
         return Vec::new();
     }
-    let all = required_all(hir);
+    let all = required_all(hir, &mut Memo::default());
     if all.is_empty() {
         Vec::new()
     } else {
@@ -169,28 +207,31 @@ fn implies(a: &Factors, b: &Factors) -> bool {
 /// The best required factor set of `hir`, or `None` when it has none worth using.
 #[cfg(test)]
 pub(crate) fn required(hir: &Hir) -> Option<Vec<Vec<u8>>> {
-    best(hir).map(|f| f.lits)
+    best(hir, &mut Memo::default()).map(|f| f.lits)
 }
 
 /// Up to [`MAX_SETS`] factor sets that every match contains one literal of *each* of: the
 /// best set overall, then the best sets of other parts of a top-level concatenation. A
 /// regex runs only on values where all of them were found, which cuts the runs caused by
 /// common words. Empty when the regex has no usable factor.
-pub(crate) fn required_all(hir: &Hir) -> Vec<Vec<Vec<u8>>> {
+fn required_all(hir: &Hir, memo: &mut Memo) -> Vec<Vec<Vec<u8>>> {
     let mut top = hir;
     while let HirKind::Capture(c) = top.kind() {
         top = &c.sub;
     }
-    let Some(first) = best(top) else {
+    let Some(first) = best(top, memo) else {
         return Vec::new();
     };
     let mut chosen = vec![first];
     if let HirKind::Concat(subs) = top.kind() {
         // Candidates: what must start at each position, and what each part requires.
-        let mut parts: Vec<Factors> = (0..subs.len().min(MAX_STARTS))
-            .filter_map(|i| prefixes(&Hir::concat(subs[i..].to_vec())))
-            .chain(subs.iter().filter_map(best))
-            .collect();
+        let mut parts: Vec<Factors> = Vec::new();
+        for i in 0..subs.len().min(MAX_STARTS) {
+            parts.extend(tail(top, subs, i, memo));
+        }
+        for sub in subs {
+            parts.extend(best(sub, memo));
+        }
         parts.sort_by_key(|p| std::cmp::Reverse(p.rank()));
         for p in parts {
             if chosen.len() == MAX_SETS {
@@ -240,7 +281,7 @@ mod tests {
             (r"\d+% off", Some(&["% off"])),
             (
                 "(?:cheap|discount) meds",
-                Some(&["cheap meds", "discount m"]),
+                Some(&["cheap meds", "discount med"]),
             ),
             ("(?:cheapest|discount)", Some(&["cheapest", "discount"])),
             (r"(?:ab|discount)\d", None),
@@ -254,7 +295,7 @@ mod tests {
             // `s` folds to LONG S too, which costs variants; two 6-byte variants win.
             (
                 r"(?i)unsubscribe(?:\s+here)?",
-                Some(&["ubscrib", "ub\u{17f}cri"]),
+                Some(&["ubscrib", "ub\u{17f}crib"]),
             ),
             // Case variants are capped at 256 (2^8), so the literal is cut to 8 bytes.
             (r"(?i-u)unsubscribe(?:\s+here)?", Some(&["unsubscr"])),
@@ -273,7 +314,7 @@ mod tests {
                 .build()
                 .parse(re)
                 .unwrap();
-            required_all(&hir)
+            required_all(&hir, &mut Memo::default())
                 .into_iter()
                 .map(|set| {
                     set.into_iter()
