@@ -45,4 +45,22 @@ pub trait MessageStore: Send + Sync {
         env: &'a Envelope,
         message: &'a [u8],
     ) -> StoreFuture<'a>;
+
+    /// Makes `message` durable in quarantine: kept and never delivered until an operator
+    /// releases it. Same durability contract as [`MessageStore::store`]; the held state must
+    /// be part of the same write, so a crash can never turn a quarantined message into a
+    /// delivered one. Stores that cannot hold messages refuse, and the client gets a
+    /// temporary failure.
+    fn quarantine<'a>(
+        &'a self,
+        _session: &'a SessionInfo,
+        _env: &'a Envelope,
+        _message: &'a [u8],
+    ) -> StoreFuture<'a> {
+        Box::pin(async {
+            Err(StoreError {
+                reason: "this store cannot quarantine messages".into(),
+            })
+        })
+    }
 }

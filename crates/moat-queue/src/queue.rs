@@ -366,6 +366,28 @@ impl Queue {
         env: &Envelope,
         message: &[u8],
     ) -> Result<QueueId, QueueError> {
+        self.enqueue_as(origin, env, message, false).await
+    }
+
+    /// Makes a message durable already held (quarantine): the held flag is in the same
+    /// record, so no crash can release it. It waits for [`Queue::release`] or
+    /// [`Queue::delete`].
+    pub async fn enqueue_held(
+        &self,
+        origin: &str,
+        env: &Envelope,
+        message: &[u8],
+    ) -> Result<QueueId, QueueError> {
+        self.enqueue_as(origin, env, message, true).await
+    }
+
+    async fn enqueue_as(
+        &self,
+        origin: &str,
+        env: &Envelope,
+        message: &[u8],
+        held: bool,
+    ) -> Result<QueueId, QueueError> {
         if env.rcpt_to.is_empty() {
             return Err(QueueError::NoRecipients);
         }
@@ -383,7 +405,7 @@ impl Queue {
                 .iter()
                 .map(|r| (r.clone(), RcptStatus::Pending))
                 .collect(),
-            held: false,
+            held,
             eight_bit: env.eight_bit,
             smtputf8: env.smtputf8,
         };
@@ -395,6 +417,7 @@ impl Queue {
             from = %env.mail_from,
             rcpts = env.rcpt_to.len(),
             size = message.len(),
+            held,
             "message queued"
         );
         Ok(qid)
@@ -762,6 +785,24 @@ impl MessageStore for Queue {
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "cannot queue message");
+                    StoreError {
+                        reason: e.to_string(),
+                    }
+                })
+        })
+    }
+
+    fn quarantine<'a>(
+        &'a self,
+        session: &'a SessionInfo,
+        env: &'a Envelope,
+        message: &'a [u8],
+    ) -> StoreFuture<'a> {
+        Box::pin(async move {
+            self.enqueue_held(&session.client_ip().to_string(), env, message)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot quarantine message");
                     StoreError {
                         reason: e.to_string(),
                     }

@@ -566,3 +566,28 @@ async fn an_unreadable_segment_is_set_aside_and_the_rest_opens() {
     assert_eq!(q.list().len(), 3);
     q.close().await;
 }
+
+#[tokio::test]
+async fn quarantined_messages_are_held_from_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = QueueConfig::new(dir.path());
+    let (q, _, _) = open(config.clone());
+    let id = q
+        .enqueue_held("192.0.2.1", &env("a@x.org", &["b@y.org"]), &body(1))
+        .await
+        .unwrap();
+    assert!(
+        q.try_next_job().is_none(),
+        "a held message is not delivered"
+    );
+    assert_eq!(q.show(&id).unwrap().summary.state, MessageState::Held);
+    // Held across a restart too: the flag is in the message record itself.
+    q.close().await;
+    let (q, _, _) = open(config);
+    assert_eq!(q.show(&id).unwrap().summary.state, MessageState::Held);
+    assert!(q.try_next_job().is_none());
+    q.release(&id).await.unwrap();
+    let job = q.try_next_job().expect("released for delivery");
+    assert_eq!(job.id(), &id);
+    q.close().await;
+}

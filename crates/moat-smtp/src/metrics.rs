@@ -29,6 +29,8 @@ pub enum TxResult {
     Rejected,
     /// 4xx after the content was received.
     TempFailed,
+    /// 250, held in quarantine.
+    Quarantined,
 }
 
 /// Registered metric families.
@@ -48,7 +50,7 @@ pub struct ConnectorMetrics {
     conn: [IntCounter; 4],
     /// Sessions in progress.
     pub sessions_active: IntGauge,
-    tx: [IntCounter; 3],
+    tx: [IntCounter; 4],
     replies: [IntCounter; 4],
     /// Message octets received (after unstuffing).
     pub bytes: IntCounter,
@@ -140,7 +142,12 @@ impl SmtpMetrics {
         ConnectorMetrics {
             conn: [c("accepted"), c("limit"), c("client_range"), c("proxy")],
             sessions_active: self.sessions_active.with_label_values(&[name]),
-            tx: [t("accepted"), t("rejected"), t("tempfailed")],
+            tx: [
+                t("accepted"),
+                t("rejected"),
+                t("tempfailed"),
+                t("quarantined"),
+            ],
             replies: [r("2xx"), r("3xx"), r("4xx"), r("5xx")],
             bytes: self.bytes.with_label_values(&[name]),
             stages: StageHistograms {

@@ -572,24 +572,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         message.extend_from_slice(&content);
         drop(content);
 
+        // Stages run in order. A refusal ends the chain; a quarantine is remembered and the
+        // remaining stages still run, so a later refusal wins over it.
         let started = Instant::now();
         let mut verdict_reply = None;
+        let mut quarantine: Option<String> = None;
         for stage in &self.ctx.stages {
             match stage.data(&self.info, &self.env, &message).await {
                 Verdict::Continue => {}
-                Verdict::Tag(headers) => {
-                    let mut tagged = Vec::with_capacity(message.len() + 256);
-                    for (name, value) in headers {
-                        tagged.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-                    }
-                    tagged.extend_from_slice(&message);
-                    message = tagged;
-                }
-                Verdict::Quarantine(_) => {
-                    // No quarantine store is wired yet: refuse for now rather than deliver
-                    // a message a stage asked to hold.
-                    verdict_reply = Some(replies::store_failed());
-                    break;
+                Verdict::Tag(headers) => prepend_headers(&mut message, &headers),
+                Verdict::Quarantine(reason) => {
+                    quarantine.get_or_insert(reason);
                 }
                 Verdict::TempFail(r) | Verdict::Reject(r) => {
                     verdict_reply = Some(r);
@@ -607,20 +600,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 TxResult::Rejected
             });
+            tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), code = reply.code(), reason = reply.text(), "message refused by a stage");
             self.reset_transaction();
             return self.refuse(reply);
         }
+        if let Some(reason) = &quarantine {
+            let reason = sanitize_header(reason);
+            prepend_headers(&mut message, &[("X-Moat-Quarantine".to_string(), reason)]);
+        }
 
         let started = Instant::now();
-        let stored = self.ctx.store.store(&self.info, &self.env, &message).await;
+        let stored = match &quarantine {
+            None => self.ctx.store.store(&self.info, &self.env, &message).await,
+            Some(_) => {
+                self.ctx
+                    .store
+                    .quarantine(&self.info, &self.env, &message)
+                    .await
+            }
+        };
         self.metrics
             .stages()
             .store
             .observe(started.elapsed().as_secs_f64());
         let reply = match stored {
             Ok(id) => {
-                tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), id = %id, from = %self.env.mail_from, rcpts = self.env.rcpt_to.len(), size = message.len(), "queued");
-                self.metrics.transaction(TxResult::Accepted);
+                let held = quarantine.is_some();
+                tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), id = %id, from = %self.env.mail_from, rcpts = self.env.rcpt_to.len(), size = message.len(), quarantined = held, "queued");
+                self.metrics.transaction(if held {
+                    TxResult::Quarantined
+                } else {
+                    TxResult::Accepted
+                });
                 self.messages += 1;
                 replies::queued(&id.0)
             }
@@ -846,6 +857,20 @@ fn parse_error_reply(e: smtp_proto::Error, max_line: usize) -> Reply {
             replies::syntax_error("incomplete command")
         }
     }
+}
+
+/// Puts header lines in front of the message (stages' tags, quarantine reason).
+fn prepend_headers(message: &mut Vec<u8>, headers: &[(String, String)]) {
+    let mut head = Vec::with_capacity(128);
+    for (name, value) in headers {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    message.splice(0..0, head);
+}
+
+/// A header value on one line: control characters dropped.
+fn sanitize_header(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(900).collect()
 }
 
 /// Printable ASCII only, bounded, for text we echo into replies and headers.

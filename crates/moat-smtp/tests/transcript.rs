@@ -652,7 +652,9 @@ impl moat_core::Stage for RulesForTest {
     ) -> moat_core::StageFuture<'a> {
         Box::pin(async move {
             let text = String::from_utf8_lossy(msg);
-            if text.contains("TEMPFAIL") {
+            if text.contains("QUARANTINE") {
+                moat_core::Verdict::Quarantine("looks odd".into())
+            } else if text.contains("TEMPFAIL") {
                 moat_core::Verdict::TempFail(moat_core::Reply::new(
                     451,
                     moat_core::Enhanced::new(4, 7, 1),
@@ -720,10 +722,22 @@ async fn stage_verdicts_shape_the_replies() {
          S: 354
          C: fine
          C: .
-         S: 250 2.0.0",
+         S: 250 2.0.0
+         C: MAIL FROM:<a@sender.test>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: QUARANTINE me
+         C: .
+         S: 250 2.0.0 Ok: queued as Q1",
     )
     .await;
     assert_eq!(store.count(), 1);
+    let held = store.quarantined.lock().unwrap().clone();
+    assert_eq!(held.len(), 1);
+    assert!(String::from_utf8_lossy(&held[0]).starts_with("X-Moat-Quarantine: looks odd\r\n"));
     let text = String::from_utf8(store.last().1).unwrap();
     assert!(text.starts_with("X-Test-Tag: yes\r\nReceived: "), "{text}");
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 #[derive(Default)]
 pub struct MemoryStore {
     pub messages: Mutex<Vec<(Envelope, Vec<u8>)>>,
+    pub quarantined: Mutex<Vec<Vec<u8>>>,
     pub fail: bool,
 }
 
@@ -51,6 +52,19 @@ impl MessageStore for MemoryStore {
             let mut m = self.messages.lock().unwrap();
             m.push((env.clone(), message.to_vec()));
             Ok(QueueId(format!("T{}", m.len())))
+        })
+    }
+
+    fn quarantine<'a>(
+        &'a self,
+        _session: &'a SessionInfo,
+        _env: &'a Envelope,
+        message: &'a [u8],
+    ) -> StoreFuture<'a> {
+        Box::pin(async move {
+            let mut q = self.quarantined.lock().unwrap();
+            q.push(message.to_vec());
+            Ok(QueueId(format!("Q{}", q.len())))
         })
     }
 }
