@@ -72,6 +72,23 @@ pub struct ImportReport {
     pub skipped: Vec<Skipped>,
 }
 
+impl ImportReport {
+    /// Lists the rules not converted, one per line: `file:line: RULE: reason`.
+    pub fn write_skipped(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for s in &self.skipped {
+            writeln!(
+                out,
+                "{}:{}: {}: {}",
+                s.file.display(),
+                s.line,
+                s.rule,
+                s.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Kind {
     Regex {
@@ -724,6 +741,14 @@ body     HASH_ESC      /C\# code/
             );
         }
         assert_eq!(r.skipped.len(), want_skipped.len());
+        let mut listed = Vec::new();
+        r.write_skipped(&mut listed).unwrap();
+        let listed = String::from_utf8(listed).unwrap();
+        assert!(
+            listed.contains("test.cf:15: LOOKAROUND: negative look-ahead"),
+            "{listed}"
+        );
+        assert_eq!(listed.lines().count(), want_skipped.len());
         assert_eq!(r.converted, 11);
         assert_eq!(
             r.skipped
