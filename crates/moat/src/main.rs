@@ -35,6 +35,17 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for a users file.
     HashPassword,
+    /// Quarantined messages: held in the queue until released or deleted.
+    Quarantine {
+        /// The node's configuration file (for the admin address and token file).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Inspect and act on a running node's queue (through its admin listener).
     Queue {
         /// The node's configuration file (for the admin address and token file).
@@ -45,6 +56,27 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// Every held message (quarantined by a stage, or held by an operator).
+    List,
+    /// One held message with its recipients.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Deliver it after all.
+    Release {
+        /// Queue id.
+        id: String,
+    },
+    /// Remove it without delivering it.
+    Delete {
+        /// Queue id.
+        id: String,
     },
 }
 
@@ -162,7 +194,20 @@ fn main() -> ExitCode {
             config,
             json,
             action,
-        } => queue_command(config.as_ref(), json, action),
+        } => queue_command(config.as_ref(), json, action, false),
+        Command::Quarantine {
+            config,
+            json,
+            action,
+        } => {
+            let action = match action {
+                QuarantineAction::List => QueueAction::List,
+                QuarantineAction::Show { id } => QueueAction::Show { id },
+                QuarantineAction::Release { id } => QueueAction::Release { id },
+                QuarantineAction::Delete { id } => QueueAction::Delete { id },
+            };
+            queue_command(config.as_ref(), json, action, true)
+        }
         Command::HashPassword => {
             let mut line = String::new();
             if std::io::stdin().lock().read_line(&mut line).is_err() {
@@ -188,7 +233,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn queue_command(config: Option<&PathBuf>, json: bool, action: QueueAction) -> ExitCode {
+/// `held_only`: the `quarantine` view of the queue (lists held messages only).
+fn queue_command(
+    config: Option<&PathBuf>,
+    json: bool,
+    action: QueueAction,
+    held_only: bool,
+) -> ExitCode {
     let rt = match load(config) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -214,6 +265,11 @@ fn queue_command(config: Option<&PathBuf>, json: bool, action: QueueAction) -> E
         QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{id}")),
     };
     let value = match admin::call(&base, &token, method, &path) {
+        Ok(serde_json::Value::Array(list)) if held_only => serde_json::Value::Array(
+            list.into_iter()
+                .filter(|m| m.get("state").and_then(|s| s.as_str()) == Some("held"))
+                .collect(),
+        ),
         Ok(v) => v,
         Err(e) => {
             eprintln!("moat: {e}");
