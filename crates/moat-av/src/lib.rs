@@ -2,7 +2,8 @@
 //!
 //! - [`AntivirusEngine`]: scan a buffer → [`ScanResult`] (clean, infected with the signature
 //!   name, or unscannable with the reason); a health check. [`ClamdEngine`] speaks clamd's
-//!   `zINSTREAM` over TCP or a unix socket.
+//!   `zINSTREAM` over TCP or a unix socket; [`IcapEngine`] speaks ICAP (RFC 3507) `RESPMOD`
+//!   with preview and `204`, how commercial engines are reached.
 //! - [`EngineSet`]: engines wrapped in a scan timeout, a concurrency limit and a circuit
 //!   breaker each, scanning in [`Mode::All`] or [`Mode::Failover`]. Its breaker states feed
 //!   `/readyz` ([`EngineSet::is_ready`], [`EngineSet::status`]) and the `moat_av_engine_up`
@@ -49,6 +50,7 @@ mod cache;
 mod clamd;
 mod engine;
 mod error;
+mod icap;
 mod magic;
 mod metrics;
 mod set;
@@ -63,6 +65,7 @@ pub use cache::{CacheConfig, Digest, VerdictCache, digest};
 pub use clamd::{ClamdAddress, ClamdConfig, ClamdEngine};
 pub use engine::{AntivirusEngine, HealthFuture, ScanFuture, ScanResult};
 pub use error::{AvError, AvErrorKind, Fault};
+pub use icap::{IcapConfig, IcapEngine};
 pub use magic::{TrueType, sniff};
 pub use metrics::AvMetrics;
 pub use set::{BreakerState, EngineLimits, EngineSet, EngineSpec, EngineStatus, Mode};

@@ -298,3 +298,174 @@ pub fn zip_stored(name: &str, data: &[u8]) -> Vec<u8> {
     z.extend_from_slice(&0u16.to_le_bytes());
     z
 }
+
+/// A c-icap server with its virus_scan service backed by a [`Clamd`] (through clamd's unix
+/// socket); stopped by its pid (SIGTERM, which also ends its worker processes) when dropped.
+pub struct Icap {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Finds c-icap and its virus_scan module. Without them: under CI a failure (`.ci/run`
+/// installs `c-icap` and `libc-icap-mod-virus-scan`); elsewhere `None` after printing why.
+pub fn icap_programs() -> Option<(PathBuf, PathBuf)> {
+    let program = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("c-icap"))
+            .find(|p| p.is_file())
+    });
+    // The module directory is multiarch (/usr/lib/<triplet>/c_icap) on Debian.
+    let mut dirs = vec![
+        PathBuf::from("/usr/lib/c_icap"),
+        PathBuf::from("/usr/local/lib/c_icap"),
+    ];
+    if let Ok(rd) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(rd.flatten().map(|e| e.path().join("c_icap")));
+    }
+    let modules = dirs.into_iter().find(|d| d.join("virus_scan.so").is_file());
+    match (program, modules) {
+        (Some(p), Some(m)) => Some((p, m)),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "c-icap or its virus_scan module is missing under CI: .ci/run should have \
+                 installed c-icap and libc-icap-mod-virus-scan"
+            );
+            println!(
+                "SKIPPED: c-icap with virus_scan not found (install the Debian packages c-icap \
+                 and libc-icap-mod-virus-scan, or run .ci/run)"
+            );
+            None
+        }
+    }
+}
+
+impl Icap {
+    /// Starts c-icap on a free loopback port, scanning through `clamd`.
+    pub fn start(clamd: &Clamd) -> Option<Self> {
+        let (program, modules) = icap_programs()?;
+        let dir = tempfile::Builder::new()
+            .prefix("moat-av-icap-")
+            .tempdir()
+            .expect("tempdir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let d = dir.path().display();
+        let magic = Path::new("/etc/c-icap/c-icap.magic");
+        let magic = if magic.is_file() {
+            format!("LoadMagicFile {}\n", magic.display())
+        } else {
+            String::new()
+        };
+        let conf = format!(
+            "PidFile {d}/c-icap.pid\n\
+             CommandsSocket {d}/c-icap.ctl\n\
+             Timeout 30\n\
+             StartServers 1\n\
+             MaxServers 1\n\
+             MinSpareThreads 2\n\
+             MaxSpareThreads 16\n\
+             ThreadsPerChild 16\n\
+             Port {addr}\n\
+             TmpDir {d}\n\
+             DebugLevel 1\n\
+             ModulesDir {m}\n\
+             ServicesDir {m}\n\
+             TemplateDir /usr/share/c_icap/templates/\n\
+             TemplateDefaultLanguage en\n\
+             {magic}\
+             ServerLog {d}/server.log\n\
+             AccessLog {d}/access.log\n\
+             Module common clamd_mod.so\n\
+             clamd_mod.ClamdSocket {sock}\n\
+             Service antivirus_module virus_scan.so\n\
+             ServiceAlias avscan virus_scan?allow204=on&sizelimit=off&mode=simple\n\
+             virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE\n\
+             virus_scan.DefaultEngine clamd\n\
+             virus_scan.MaxObjectSize 25M\n",
+            m = modules.display(),
+            sock = clamd.unix.display(),
+        );
+        std::fs::write(dir.path().join("c-icap.conf"), conf).unwrap();
+        let child = Command::new(program)
+            .arg("-N")
+            .arg("-f")
+            .arg(dir.path().join("c-icap.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn c-icap");
+        let mut icap = Icap {
+            dir,
+            child: Some(child),
+            addr,
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = icap
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("c-icap exited at start ({status}); log:\n{}", icap.log());
+            }
+            if options_ok(addr) {
+                return Some(icap);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "c-icap did not answer OPTIONS within 30 s; log:\n{}",
+            icap.log()
+        );
+    }
+
+    /// The server log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops it by its pid: SIGTERM (it stops its workers), SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Icap {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn options_ok(addr: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!(
+        "OPTIONS icap://{addr}/avscan ICAP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Encapsulated: null-body=0\r\n\r\n"
+    );
+    let mut buf = [0u8; 64];
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"ICAP/1.0 200"))
+}
