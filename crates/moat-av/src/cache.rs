@@ -50,6 +50,9 @@ struct Inner {
 }
 
 /// Bounded, TTL-limited map from content hash to verdict. Shared by every session.
+///
+/// A verdict is what one engine set said: share a cache only among stages that scan with the
+/// same [`crate::EngineSet`].
 #[derive(Debug)]
 pub struct VerdictCache {
     cfg: CacheConfig,

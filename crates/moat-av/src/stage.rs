@@ -209,6 +209,11 @@ impl AntivirusStage {
             if let Some(m) = &parsed {
                 collect_leaves(m, 0, &t, None, &mut leaves, &mut over);
             }
+            // Nothing the parser could split (not MIME at all, or empty parts): the raw
+            // bytes are what a client would see, so they are the part to scan.
+            if leaves.is_empty() && !t.whole_message && !message.is_empty() {
+                leaves.push((0, message));
+            }
             if over && !t.whole_message {
                 unscannable = Some(format!(
                     "more than {} parts or nesting deeper than {}",

@@ -167,6 +167,7 @@ fn clamd_engine_and_stage() {
                 ),
             ),
             ("message/rfc822", forwarded(&inner)),
+            ("bare bytes, no header block", eicar()),
         ];
         let clean = with_attachment(
             "notes.zip",
@@ -452,7 +453,44 @@ fn clamd_outage_fail_closed_fail_open_and_recovery() {
             1.0
         );
 
+        // Killed mid-load: 40 infected messages in flight while clamd dies. Whatever each
+        // one got, none is accepted unscanned: fail-closed gives 554 (scanned in time) or 451;
+        // fail-open gives 554 or the "not scanned" tag, never a plain accept.
+        let big_virus = {
+            let mut v = vec![b'z'; 400_000];
+            v.extend_from_slice(&eicar());
+            with_attachment("big.bin", "application/octet-stream", &v)
+        };
+        assert!(matches!(
+            closed.data(&session(), &envelope(), &big_virus).await,
+            Verdict::Reject(_)
+        ));
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = if i % 2 == 0 {
+                closed.clone()
+            } else {
+                open.clone()
+            };
+            let m = big_virus.clone();
+            tasks.push(tokio::spawn(async move {
+                (i % 2 == 0, s.data(&session(), &envelope(), &m).await)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
         clamd.stop();
+        let mut refused_for_outage = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                (_, Verdict::Reject(r)) => assert!(r.text().contains(EICAR_SIG)),
+                (true, Verdict::TempFail(_)) => refused_for_outage += 1,
+                (false, Verdict::Tag(h)) if h[0].1.contains("not scanned") => {
+                    refused_for_outage += 1
+                }
+                (closed, v) => panic!("fail-closed={closed}: accepted unscanned: {v:?}"),
+            }
+        }
+        println!("mid-load kill: {refused_for_outage} of 40 hit the outage");
 
         // Fail-closed: every transaction gets 451 4.7.0, the infected one too (nothing is
         // accepted unscanned). Run them concurrently, as a load would.
