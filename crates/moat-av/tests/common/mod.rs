@@ -432,9 +432,10 @@ impl Icap {
         let Some(mut c) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
+        // The shell's built-in kill: no dependency on procps being installed.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", c.id()))
             .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
