@@ -280,10 +280,9 @@ impl AttachmentStage {
 
     /// Maps a report to a verdict.
     ///
-    /// Strip and silent delete need the message itself changed or dropped, which a
-    /// [`Verdict`] cannot yet express: until it can, both become [`Verdict::Quarantine`]
-    /// (accepted, never delivered as sent) with a reason starting `attachment strip:` or
-    /// `attachment silent-delete:`; the stripped message is in [`AttachmentReport::stripped`].
+    /// Strip becomes [`Verdict::Replace`] with the stripped message (or, should stripping
+    /// leave nothing to deliver, [`Verdict::Quarantine`]); silent delete becomes
+    /// [`Verdict::Discard`].
     pub fn verdict(&self, report: &AttachmentReport) -> Verdict {
         let Some(action) = report.action else {
             return Verdict::Continue;
@@ -306,9 +305,14 @@ impl AttachmentStage {
                 format!("Message rejected: attachment not allowed ({rules})"),
             )),
             AttachmentAction::SilentDelete => {
-                Verdict::Quarantine(format!("attachment silent-delete: {rules}"))
+                Verdict::Discard(format!("attachment silent-delete: {rules}"))
             }
-            AttachmentAction::Strip => Verdict::Quarantine(format!("attachment strip: {rules}")),
+            AttachmentAction::Strip => match &report.stripped {
+                Some(stripped) => {
+                    Verdict::Replace(stripped.clone(), format!("attachment strip: {rules}"))
+                }
+                None => Verdict::Quarantine(format!("attachment strip: {rules}")),
+            },
         }
     }
 }

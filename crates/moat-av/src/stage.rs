@@ -401,7 +401,18 @@ impl Stage for AntivirusStage {
         Box::pin(async move {
             let start = Instant::now();
             let outcome = self.check(message).await;
-            let (verdict, label) = self.verdict(&outcome);
+            let (mut verdict, label) = self.verdict(&outcome);
+            // Strip: deliver the message with the infected parts replaced by a notice; when
+            // nothing can be stripped (the body itself is infected), it stays quarantined.
+            if let (AvOutcome::Infected(d), OnDetection::Strip) =
+                (&outcome, self.policy.on_detection)
+                && let Some(stripped) = self.strip(message, d)
+            {
+                verdict = Verdict::Replace(
+                    stripped,
+                    format!("antivirus strip: {}", d.signatures.join(", ")),
+                );
+            }
             self.metrics.message(label, start.elapsed().as_secs_f64());
             match &outcome {
                 AvOutcome::Clean => {}

@@ -299,10 +299,10 @@ async fn strip_keeps_valid_mime_and_the_other_parts() {
     assert!(out.ends_with(b"--b1--\r\n"));
     // The stripped message passes the stage.
     assert_eq!(st.check(out).action, None);
-    // Through the Stage interface the message is held, never delivered as sent.
+    // Through the Stage interface the stripped message replaces the one received.
     let v = st.data(&session(), &Envelope::default(), &msg).await;
     assert!(
-        matches!(&v, Verdict::Quarantine(r) if r.starts_with("attachment strip:")),
+        matches!(&v, Verdict::Replace(m, r) if r.starts_with("attachment strip:") && m.as_slice() == out),
         "{v:?}"
     );
     let text = prometheus::TextEncoder::new()
@@ -342,7 +342,7 @@ async fn silent_delete_and_strongest_action() {
     let v = st.data(&session(), &Envelope::default(), &msg).await;
     assert_eq!(
         v,
-        Verdict::Quarantine("attachment silent-delete: extension".into())
+        Verdict::Discard("attachment silent-delete: extension".into())
     );
     // Rules switched off do nothing.
     let (off, _) = stage(AttachmentPolicy {

@@ -277,7 +277,10 @@ fn clamd_engine_and_stage() {
         // The stripped message scans clean, as parts and as a whole.
         assert!(matches!(strip.check(&stripped).await, moat_av::AvOutcome::Clean));
         match strip.data(&session(), &envelope(), &two).await {
-            Verdict::Quarantine(r) => assert!(r.starts_with("antivirus strip:"), "{r}"),
+            Verdict::Replace(m, r) => {
+                assert!(r.starts_with("antivirus strip:"), "{r}");
+                assert_eq!(m, stripped, "the stage delivers the stripped message");
+            }
             v => panic!("{v:?}"),
         }
         // Found by the whole-message scan only: nothing to strip.

@@ -12,6 +12,13 @@ pub enum Verdict {
     Tag(Vec<(String, String)>),
     /// Accept but hold the message for an operator.
     Quarantine(String),
+    /// Accept this rewritten message instead of the one received (an infected or forbidden
+    /// part stripped and replaced by a notice); later stages see the new message. The
+    /// string says why, for the log.
+    Replace(Vec<u8>, String),
+    /// Accept and drop: the client gets 250, nothing is delivered (Exchange's silent
+    /// delete); logged and counted. The string says why.
+    Discard(String),
     /// Refuse for now (4xx); the client may retry.
     TempFail(Reply),
     /// Refuse for good (5xx).

@@ -31,6 +31,8 @@ pub enum TxResult {
     TempFailed,
     /// 250, held in quarantine.
     Quarantined,
+    /// 250, dropped on purpose by a stage (silent delete).
+    Discarded,
 }
 
 /// Registered metric families.
@@ -50,7 +52,7 @@ pub struct ConnectorMetrics {
     conn: [IntCounter; 4],
     /// Sessions in progress.
     pub sessions_active: IntGauge,
-    tx: [IntCounter; 4],
+    tx: [IntCounter; 5],
     replies: [IntCounter; 4],
     /// Message octets received (after unstuffing).
     pub bytes: IntCounter,
@@ -147,6 +149,7 @@ impl SmtpMetrics {
                 t("rejected"),
                 t("tempfailed"),
                 t("quarantined"),
+                t("discarded"),
             ],
             replies: [r("2xx"), r("3xx"), r("4xx"), r("5xx")],
             bytes: self.bytes.with_label_values(&[name]),

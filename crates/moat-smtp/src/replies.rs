@@ -42,6 +42,11 @@ pub fn reset_ok() -> Reply {
 pub fn queued(id: &str) -> Reply {
     Reply::new(250, e(2, 0, 0), format!("Ok: queued as {id}"))
 }
+/// 250 for a message a stage dropped on purpose (silent delete): the client must not be able
+/// to tell it from an accepted one, so it reads like one.
+pub fn discarded() -> Reply {
+    Reply::new(250, e(2, 0, 0), "Ok: queued")
+}
 /// 250 after a non-final BDAT chunk.
 pub fn chunk_ok(size: usize) -> Reply {
     Reply::new(250, e(2, 0, 0), format!("{size} octets received"))

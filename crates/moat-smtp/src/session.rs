@@ -577,12 +577,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let started = Instant::now();
         let mut verdict_reply = None;
         let mut quarantine: Option<String> = None;
+        let mut discard: Option<String> = None;
         for stage in &self.ctx.stages {
             match stage.data(&self.info, &self.env, &message).await {
                 Verdict::Continue => {}
                 Verdict::Tag(headers) => prepend_headers(&mut message, &headers),
                 Verdict::Quarantine(reason) => {
                     quarantine.get_or_insert(reason);
+                }
+                Verdict::Replace(new, reason) => {
+                    tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), stage = stage.name(), reason = %reason, "message rewritten");
+                    message = new;
+                }
+                Verdict::Discard(reason) => {
+                    discard = Some(reason);
+                    break;
                 }
                 Verdict::TempFail(r) | Verdict::Reject(r) => {
                     verdict_reply = Some(r);
@@ -603,6 +612,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), code = reply.code(), reason = reply.text(), "message refused by a stage");
             self.reset_transaction();
             return self.refuse(reply);
+        }
+        if let Some(reason) = discard {
+            tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), from = %self.env.mail_from, rcpts = self.env.rcpt_to.len(), reason = %reason, "message accepted and discarded");
+            self.metrics.transaction(TxResult::Discarded);
+            self.messages += 1;
+            self.reset_transaction();
+            return self.refuse(replies::discarded());
         }
         if let Some(reason) = &quarantine {
             let reason = sanitize_header(reason);

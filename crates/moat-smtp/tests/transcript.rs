@@ -652,7 +652,14 @@ impl moat_core::Stage for RulesForTest {
     ) -> moat_core::StageFuture<'a> {
         Box::pin(async move {
             let text = String::from_utf8_lossy(msg);
-            if text.contains("QUARANTINE") {
+            if text.contains("DISCARD") {
+                moat_core::Verdict::Discard("test says so".into())
+            } else if text.contains("STRIPME") {
+                moat_core::Verdict::Replace(
+                    text.replace("STRIPME", "[removed]").into_bytes(),
+                    "test strip".into(),
+                )
+            } else if text.contains("QUARANTINE") {
                 moat_core::Verdict::Quarantine("looks odd".into())
             } else if text.contains("TEMPFAIL") {
                 moat_core::Verdict::TempFail(moat_core::Reply::new(
@@ -731,13 +738,37 @@ async fn stage_verdicts_shape_the_replies() {
          S: 354
          C: QUARANTINE me
          C: .
-         S: 250 2.0.0 Ok: queued as Q1",
+         S: 250 2.0.0 Ok: queued as Q1
+         C: MAIL FROM:<a@sender.test>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: DISCARD me
+         C: .
+         S: 250 2.0.0 Ok: queued
+         C: MAIL FROM:<a@sender.test>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: please STRIPME
+         C: .
+         S: 250 2.0.0 Ok: queued as T2",
     )
     .await;
-    assert_eq!(store.count(), 1);
+    // The discarded message is nowhere; the rewritten one is stored as rewritten.
+    assert_eq!(store.count(), 2);
+    let rewritten = String::from_utf8(store.last().1).unwrap();
+    assert!(
+        rewritten.contains("please [removed]") && !rewritten.contains("STRIPME"),
+        "{rewritten}"
+    );
     let held = store.quarantined.lock().unwrap().clone();
     assert_eq!(held.len(), 1);
     assert!(String::from_utf8_lossy(&held[0]).starts_with("X-Moat-Quarantine: looks odd\r\n"));
-    let text = String::from_utf8(store.last().1).unwrap();
+    let text = String::from_utf8(store.messages.lock().unwrap()[0].1.clone()).unwrap();
     assert!(text.starts_with("X-Test-Tag: yes\r\nReceived: "), "{text}");
 }
