@@ -143,6 +143,8 @@ pub(crate) struct TargetMatcher {
     pub(crate) ac: Option<AhoCorasick>,
     /// Indexed by automaton pattern id.
     pub(crate) consumers: Vec<Vec<Consumer>>,
+    /// The automaton's patterns (lower-cased), for diagnostics.
+    pub(crate) patterns: Vec<Vec<u8>>,
     /// Regexes with factors, run only on values where one of their clauses is complete.
     pub(crate) factored: Vec<RegexRule>,
     pub(crate) clauses: Vec<Clause>,
@@ -761,6 +763,7 @@ impl TargetBuild {
             target,
             ac,
             consumers: self.consumers,
+            patterns: self.patterns,
             factored: self.factored,
             clauses: self.clauses,
             sets,

@@ -280,6 +280,8 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
     for m in &rules.matchers {
         let (mut t_ac, mut t_re, mut t_set) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let (mut runs, mut matches, mut set_hits) = (0u64, 0u64, 0u64);
+        let (mut ac_hits, mut consumer_visits) = (0u64, 0u64);
+        let mut per_pattern = vec![0u64; m.consumers.len()];
         let mut wasted: Vec<u64> = vec![0; m.factored.len()];
         let mut stamp = vec![0u64; m.clauses.len()];
         let mut mask = vec![0u8; m.clauses.len()];
@@ -292,6 +294,9 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
                 let s = Instant::now();
                 if let Some(ac) = &m.ac {
                     for hit in ac.find_overlapping_iter(value) {
+                        ac_hits += 1;
+                        per_pattern[hit.pattern().as_usize()] += 1;
+                        consumer_visits += m.consumers[hit.pattern().as_usize()].len() as u64;
                         for c in &m.consumers[hit.pattern().as_usize()] {
                             if let Consumer::Factor { clause: i, bit } = c {
                                 if stamp[*i] != n {
@@ -327,13 +332,24 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
             });
         }
         println!(
-            "{:<20} ac {:>10.3?} regex {:>10.3?} ({runs} runs, {matches} matched) set {:>10.3?} ({} regexes, {set_hits} hits)",
+            "{:<20} ac {:>10.3?} ({ac_hits} hits, {consumer_visits} consumer visits) regex {:>10.3?} ({runs} runs, {matches} matched) set {:>10.3?} ({} regexes, {set_hits} hits)",
             m.target.to_string(),
             t_ac,
             t_re,
             t_set,
             m.sets.iter().map(|s| s.1.len()).sum::<usize>()
         );
+        let mut top: Vec<(u64, usize)> = per_pattern.iter().copied().zip(0..).collect();
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        let top: Vec<String> = top
+            .iter()
+            .take(12)
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, i)| format!("{:?}={n}", String::from_utf8_lossy(&m.patterns[*i])))
+            .collect();
+        if !top.is_empty() {
+            println!("    most found: {}", top.join(" "));
+        }
         // Each set member on its own, to see which ones are expensive.
         let mut alone: Vec<(Duration, usize)> = Vec::new();
         let members: Vec<&crate::compile::RegexRule> = m.sets.iter().flat_map(|s| &s.1).collect();
