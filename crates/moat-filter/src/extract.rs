@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 use moat_rules::{Field, Targets, TestEnvelope};
 use serde::Serialize;
@@ -130,35 +131,6 @@ fn body_offset(raw: &[u8]) -> usize {
     }
 }
 
-fn address_text(addr: &Address<'_>) -> String {
-    let one = |name: Option<&str>, address: Option<&str>| match (name, address) {
-        (Some(n), Some(a)) => format!("{n} <{a}>"),
-        (Some(n), None) => n.to_string(),
-        (None, Some(a)) => a.to_string(),
-        (None, None) => String::new(),
-    };
-    match addr {
-        Address::List(list) => list
-            .iter()
-            .map(|a| one(a.name.as_deref(), a.address.as_deref()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        Address::Group(groups) => groups
-            .iter()
-            .map(|g| {
-                let members = g
-                    .addresses
-                    .iter()
-                    .map(|a| one(a.name.as_deref(), a.address.as_deref()))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("{}: {members};", g.name.as_deref().unwrap_or(""))
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
-}
-
 /// Unfolds a raw header value and trims it.
 fn unfold(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
@@ -169,16 +141,19 @@ fn unfold(raw: &[u8]) -> String {
         .join(" ")
 }
 
+/// The header's value as written, unfolded, with RFC 2047 encoded words decoded. The
+/// parser's structured forms are not used: they drop text rules look at (the angle
+/// brackets of a Message-ID, the quoting of a display name).
 fn header_text(msg: &Message<'_>, h: &mail_parser::Header<'_>) -> String {
-    match &h.value {
-        HeaderValue::Text(t) => t.to_string(),
-        HeaderValue::TextList(l) => l.join(", "),
-        HeaderValue::Address(a) => address_text(a),
-        _ => {
-            let raw = msg.raw_message();
-            let (s, e) = (h.offset_start as usize, h.offset_end as usize);
-            raw.get(s..e).map(unfold).unwrap_or_default()
-        }
+    let raw = msg.raw_message();
+    let (s, e) = (h.offset_start as usize, h.offset_end as usize);
+    let Some(bytes) = raw.get(s..e) else {
+        return String::new();
+    };
+    match MessageStream::new(bytes).parse_unstructured() {
+        HeaderValue::Text(t) => t.into_owned(),
+        HeaderValue::TextList(l) => l.join(" "),
+        _ => unfold(bytes),
     }
 }
 

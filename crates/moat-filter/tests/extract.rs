@@ -173,3 +173,26 @@ fn garbage_gives_values_not_panics() {
         assert_eq!(ex.targets.field(Field::Full)[0].as_ref(), *raw);
     }
 }
+
+#[test]
+fn headers_keep_their_written_form() {
+    let raw =
+        b"Message-ID: <abc.123@mx.example>\r\nReferences: <a@x.example>\r\n <b@y.example>\r\n\
+From: \"Doe, Jane\" <jane@example.org>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\
+X-Folded: first\r\n\tsecond =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
+    let ex = extract(raw, &EnvelopeFacts::default(), &Limits::default());
+    let cases: &[(&str, &str)] = &[
+        ("message-id", "<abc.123@mx.example>"),
+        ("references", "<a@x.example> <b@y.example>"),
+        ("from", "\"Doe, Jane\" <jane@example.org>"),
+        ("date", "Tue, 24 Nov 2026 10:00:00 +0000"),
+        ("x-folded", "first second café"),
+    ];
+    for (name, want) in cases {
+        assert_eq!(
+            values(&ex, &Target::Header((*name).into())),
+            [*want],
+            "{name}"
+        );
+    }
+}
