@@ -334,7 +334,12 @@ fn parse_line(kind: &str, rest: &str, opts: &CompileOptions) -> Result<Kind, Str
             })
         }
         "body" | "rawbody" | "uri" | "full" => {
-            let (pattern, flags) = split_perl_regex(rest)?;
+            let (pattern, mut flags) = split_perl_regex(rest)?;
+            // SpamAssassin matches body rules paragraph by paragraph; Moat's body is one
+            // value, so `^` and `$` are made to work at line starts and ends.
+            if matches!(kind, "body" | "rawbody") && !flags.contains('m') {
+                flags.push('m');
+            }
             let targets = match kind {
                 "body" => vec!["body".to_string()],
                 "rawbody" => vec!["text".into(), "html-raw".into()],
@@ -375,6 +380,7 @@ pub fn spamassassin_sources(
     let mut raw: BTreeMap<String, (PathBuf, usize, String, String)> = BTreeMap::new();
     let mut scores: HashMap<String, f64> = HashMap::new();
     let mut describe: HashMap<String, String> = HashMap::new();
+    let mut tflags: HashMap<String, String> = HashMap::new();
     let mut skipped: BTreeMap<String, Skipped> = BTreeMap::new();
     for (file, bytes) in sources {
         // Rule files are Latin-1 or raw bytes; keep every byte as one char so that the
@@ -407,6 +413,9 @@ pub fn spamassassin_sources(
                 }
                 "describe" => {
                     describe.insert(name.to_string(), rest);
+                }
+                "tflags" => {
+                    tflags.insert(name.to_string(), rest);
                 }
                 _ => {}
             }
@@ -502,7 +511,7 @@ pub fn spamassassin_sources(
             }
         }
     }
-    let pack = write_pack(&ok, &scores, &describe, options);
+    let pack = write_pack(&ok, &scores, &describe, &tflags, options);
     ImportReport {
         pack,
         converted: ok.len(),
@@ -524,11 +533,15 @@ fn latin1_to_escapes(s: &str) -> String {
     out
 }
 
-fn default_score(name: &str) -> f64 {
+/// SpamAssassin's score for a rule without a `score` line: 0 for `__` sub-rules, 0.01 for
+/// `T_` test rules, -1 for rules flagged `nice`, else 1.
+fn default_score(name: &str, tflags: Option<&str>) -> f64 {
     if name.starts_with("__") {
         0.0
     } else if name.starts_with("T_") {
         0.01
+    } else if tflags.is_some_and(|f| f.split_whitespace().any(|w| w == "nice")) {
+        -1.0
     } else {
         1.0
     }
@@ -542,6 +555,7 @@ fn write_pack(
     ok: &BTreeMap<String, Def>,
     scores: &HashMap<String, f64>,
     describe: &HashMap<String, String>,
+    tflags: &HashMap<String, String>,
     o: &ImportOptions,
 ) -> String {
     use std::fmt::Write;
@@ -575,7 +589,7 @@ fn write_pack(
         let score = scores
             .get(&d.name)
             .copied()
-            .unwrap_or_else(|| default_score(&d.name));
+            .unwrap_or_else(|| default_score(&d.name, tflags.get(&d.name).map(String::as_str)));
         let desc = describe.get(&d.name).map(String::as_str).unwrap_or("");
         let origin = format!(
             "{}:{}",
@@ -713,6 +727,8 @@ meta     BROKEN        LOOKAROUND || LOTTO_WIN
 meta     BROKEN2       BROKEN && COMBO
 meta     MISSING       NOT_DEFINED_ANYWHERE
 body     HASH_ESC      /C\# code/
+body     NICE_LIST     /^List-Owner/
+tflags   NICE_LIST     nice
 "#;
 
     #[test]
@@ -749,7 +765,9 @@ body     HASH_ESC      /C\# code/
             "{listed}"
         );
         assert_eq!(listed.lines().count(), want_skipped.len());
-        assert_eq!(r.converted, 11);
+        assert_eq!(r.converted, 12);
+        // `nice` rules without a score count against spam; body rules see line anchors.
+        assert!(r.pack.contains("id = \"NICE_LIST\"\ndescription = \"\"\ntarget = [\"body\"]\nregex = \"(?-um)^List-Owner\"\ncase_sensitive = true\nscore = -1.0"), "{}", r.pack);
         assert_eq!(
             r.skipped
                 .iter()

@@ -59,7 +59,8 @@ pub struct Hit {
     pub rule: String,
     /// The rule's score.
     pub score: f64,
-    /// Matches counted (literals: occurrences; regexes: values matched; meta: 1).
+    /// Matches counted (literals: occurrences; regexes: matches, at most 1,000 per value;
+    /// meta: 1).
     pub count: u32,
     /// Target of the first match (none for meta rules).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +141,20 @@ fn record(state: &mut RuleState, matcher: usize, text: &[u8], n: u32) {
     }
 }
 
+/// Most matches of one regex counted in one value.
+const MAX_REGEX_MATCHES: usize = 1000;
+
+/// Counts the matches of `re` in `value` (the first one's text is kept). Only regexes the
+/// prefilter let through get here, and counting past the first match happens only for
+/// those that match.
+fn record_regex(re: &regex::bytes::Regex, value: &[u8], state: &mut RuleState, mi: usize) {
+    let mut it = re.find_iter(value);
+    if let Some(first) = it.next() {
+        let n = 1 + it.take(MAX_REGEX_MATCHES - 1).count();
+        record(state, mi, first.as_bytes(), n as u32);
+    }
+}
+
 impl TargetMatcher {
     fn scan_value(&self, mi: usize, value: &[u8], s: &mut Scratch) {
         s.value_no += 1;
@@ -183,16 +198,12 @@ impl TargetMatcher {
         }
         for &idx in &s.candidates {
             let rr = &self.factored[idx];
-            if let Some(m) = rr.re.find(value) {
-                record(&mut s.state[rr.rule], mi, m.as_bytes(), 1);
-            }
+            record_regex(&rr.re, value, &mut s.state[rr.rule], mi);
         }
         for (set, members) in &self.sets {
             for i in set.matches(value).iter() {
                 let rr = &members[i];
-                if let Some(m) = rr.re.find(value) {
-                    record(&mut s.state[rr.rule], mi, m.as_bytes(), 1);
-                }
+                record_regex(&rr.re, value, &mut s.state[rr.rule], mi);
             }
         }
     }

@@ -569,3 +569,33 @@ fn prefilter_agrees_with_plain_regex() {
         }
     }
 }
+
+#[test]
+fn regex_matches_are_counted_per_value() {
+    let rules = "[[rule]]\nid = \"DIGIT\"\ntarget = \"rcpt-to\"\nregex = '\\d'\n\
+                 [[rule]]\nid = \"FIVE\"\nmeta = \"hits(DIGIT) >= 5\"\n";
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let cases: &[(&[&str], u32, bool)] = &[
+        (&["a1", "b2"], 2, false),
+        (&["123", "45"], 5, true),
+        (&["none"], 0, false),
+    ];
+    for (values, count, five) in cases {
+        let mut t = Targets::new();
+        for v in *values {
+            t.push_str(Field::RcptTo, v.to_string());
+        }
+        let r = compiled.scan(&t);
+        let got = r.packs[0]
+            .hits
+            .iter()
+            .find(|h| h.rule == "DIGIT")
+            .map_or(0, |h| h.count);
+        assert_eq!(got, *count, "{values:?}");
+        assert_eq!(
+            r.packs[0].hits.iter().any(|h| h.rule == "FIVE"),
+            *five,
+            "{values:?}"
+        );
+    }
+}
