@@ -9,6 +9,7 @@
 //! | retry, hold, release | `POST /admin/queue/{id}/retry` (… `/hold`, `/release`) |
 //! | delete | `DELETE /admin/queue/{id}` |
 //! | hops | `GET /admin/relay/hops` |
+//! | reload the rule packs | `POST /admin/rules/reload` (422 with the error when rejected) |
 //!
 //! Errors come back as `{"error": "..."}` with 404 for an unknown id, 401 without the right
 //! token and 500 for a local failure.
@@ -35,6 +36,8 @@ pub struct AdminApi {
     pub relay: Relay,
     /// The bearer token.
     pub token: String,
+    /// The rules reload path, when the content filter is on.
+    pub reloader: Option<crate::filter::Reloader>,
 }
 
 /// Reads the token file, or makes one with a random token (mode 0600).
@@ -285,6 +288,36 @@ async fn hops(State(api): Api, h: HeaderMap) -> Result<Json<serde_json::Value>, 
     Ok(Json(serde_json::Value::Array(hops)))
 }
 
+async fn reload_rules(State(api): Api, h: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    authorized(&api, &h)?;
+    let Some(r) = &api.reloader else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "the content filter is off".into(),
+        ));
+    };
+    let answer = r
+        .reload(crate::filter::Trigger::Admin)
+        .await
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reload task stopped".into(),
+            )
+        })?;
+    let code = if answer.result == "rejected" {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    if code != StatusCode::OK {
+        return Err(ApiError(code, answer.detail));
+    }
+    Ok(Json(
+        serde_json::json!({ "result": answer.result, "detail": answer.detail }),
+    ))
+}
+
 /// The `/admin` routes.
 pub fn routes(api: Arc<AdminApi>) -> Router {
     Router::new()
@@ -293,6 +326,7 @@ pub fn routes(api: Arc<AdminApi>) -> Router {
         .route("/admin/queue/{id}", get(show).delete(delete))
         .route("/admin/queue/{id}/{verb}", post(action))
         .route("/admin/relay/hops", get(hops))
+        .route("/admin/rules/reload", post(reload_rules))
         .with_state(api)
 }
 

@@ -67,6 +67,8 @@ pub struct Config {
     pub queue: QueueSection,
     /// Delivery to the hub servers.
     pub relay: RelaySection,
+    /// The content filter (rule packs).
+    pub filter: FilterSection,
     /// The admin listener (metrics, health, admin calls).
     pub admin: AdminConfig,
     /// Certificate used by every connector that names none itself.
@@ -86,6 +88,7 @@ impl Default for Config {
             accepted_domains: vec!["example.test".into()],
             queue: QueueSection::default(),
             relay: RelaySection::default(),
+            filter: FilterSection::default(),
             admin: AdminConfig::default(),
             tls: None,
             log: LogConfig::default(),
@@ -217,6 +220,78 @@ impl Default for RelaySection {
             breaker_open_for: Dur(r.breaker_open_for),
         }
     }
+}
+
+/// `[filter]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct FilterSection {
+    /// `true`: the rules folder must exist. `false`: no content filter. Unset: on when the
+    /// folder exists (a warning otherwise).
+    pub enabled: Option<bool>,
+    /// Folder of rule packs.
+    pub rules_dir: PathBuf,
+    /// Reload when files in the folder change (debounced).
+    pub watch: bool,
+    /// Quiet time after the last change before the reload.
+    pub debounce: Dur,
+    /// Add `X-MS-Exchange-Organization-SCL` (0–9) to tagged messages.
+    pub scl_stamp: bool,
+    /// Deepest MIME nesting walked.
+    pub max_depth: usize,
+    /// Most MIME parts walked.
+    pub max_parts: usize,
+    /// Most decoded bytes over all parts.
+    pub max_decoded_bytes: usize,
+    /// Most URLs collected per message.
+    pub max_urls: usize,
+    /// A message over a MIME limit is rejected (552 5.3.4); `false`: accepted untagged.
+    pub reject_over_limit: bool,
+    /// Thresholds per connector name, replacing the packs' own.
+    pub thresholds: std::collections::BTreeMap<String, ThresholdSection>,
+}
+
+/// `[filter.thresholds.NAME]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdSection {
+    /// Score that tags.
+    pub tag: Option<f64>,
+    /// Score that quarantines.
+    pub quarantine: Option<f64>,
+    /// Score that rejects.
+    pub reject: Option<f64>,
+}
+
+impl Default for FilterSection {
+    fn default() -> Self {
+        let l = moat_filter::Limits::default();
+        Self {
+            enabled: None,
+            rules_dir: PathBuf::from("rules"),
+            watch: true,
+            debounce: Dur(Duration::from_millis(500)),
+            scl_stamp: false,
+            max_depth: l.max_depth,
+            max_parts: l.max_parts,
+            max_decoded_bytes: l.max_decoded_bytes,
+            max_urls: l.max_urls,
+            reject_over_limit: true,
+            thresholds: Default::default(),
+        }
+    }
+}
+
+/// The content filter, checked.
+pub struct FilterRuntime {
+    /// Folder of rule packs.
+    pub rules_dir: PathBuf,
+    /// Watch the folder.
+    pub watch: bool,
+    /// Debounce of the watcher.
+    pub debounce: Duration,
+    /// Stage configuration.
+    pub config: moat_filter::FilterConfig,
 }
 
 /// `[admin]`
@@ -949,7 +1024,61 @@ impl Config {
                 message: e.to_string(),
             }]);
         }
+        let f = &self.filter;
+        let filter = match (f.enabled, f.rules_dir.is_dir()) {
+            (Some(false), _) => None,
+            (Some(true), false) => {
+                return Err(vec![ConfigError {
+                    line: source.line_of("filter.rules_dir"),
+                    path: "filter.rules_dir".into(),
+                    message: format!("{} is not a folder", f.rules_dir.display()),
+                }]);
+            }
+            (None, false) => {
+                tracing::warn!(dir = %f.rules_dir.display(), "no rules folder: content filter off");
+                None
+            }
+            (_, true) => {
+                let mut config = moat_filter::FilterConfig {
+                    limits: moat_filter::Limits {
+                        max_depth: f.max_depth,
+                        max_parts: f.max_parts,
+                        max_decoded_bytes: f.max_decoded_bytes,
+                        max_urls: f.max_urls,
+                    },
+                    scl_stamp: f.scl_stamp,
+                    ..Default::default()
+                };
+                if !f.reject_over_limit {
+                    config.over_limit = moat_rules::Action::Continue;
+                }
+                for (name, t) in &f.thresholds {
+                    if !self.connector.iter().any(|c| &c.name == name) {
+                        return Err(vec![ConfigError {
+                            line: source.line_of(&format!("filter.thresholds.{name}")),
+                            path: format!("filter.thresholds.{name}"),
+                            message: format!("no connector is named {name:?}"),
+                        }]);
+                    }
+                    config.connector_thresholds.insert(
+                        name.clone(),
+                        moat_rules::Thresholds {
+                            tag: t.tag,
+                            quarantine: t.quarantine,
+                            reject: t.reject,
+                        },
+                    );
+                }
+                Some(FilterRuntime {
+                    rules_dir: f.rules_dir.clone(),
+                    watch: f.watch,
+                    debounce: f.debounce.0,
+                    config,
+                })
+            }
+        };
         Ok(Runtime {
+            filter,
             hostname,
             accepted_domains: accepted,
             connectors,
@@ -972,6 +1101,8 @@ pub struct Runtime {
     pub accepted_domains: Vec<String>,
     /// Receive connectors.
     pub connectors: Vec<Connector>,
+    /// The content filter, when on.
+    pub filter: Option<FilterRuntime>,
     /// The durable queue.
     pub queue: moat_queue::QueueConfig,
     /// Delivery to next hops.

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 mod admin;
 mod config;
+mod filter;
 mod node;
 
 use config::{Config, ConfigError};
@@ -35,6 +36,24 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for a users file.
     HashPassword,
+    /// Scan messages (files, or folders of them) with the rule packs: verdict, score, and the
+    /// rules that hit with the text they matched. Same code path as the node.
+    Scan {
+        /// Folder of rule packs.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+        /// Message files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Rule pack tools.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Quarantined messages: held in the queue until released or deleted.
     Quarantine {
         /// The node's configuration file (for the admin address and token file).
@@ -56,6 +75,28 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Compile the packs in a folder and run their own tests.
+    Check {
+        /// Folder of rule packs.
+        dir: PathBuf,
+    },
+    /// Convert SpamAssassin rules (header, body, rawbody, uri, full, meta, with scores) into
+    /// a pack; lists each rule it could not convert and why.
+    ImportSpamassassin {
+        /// Where to write the pack (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Pack name.
+        #[arg(long, default_value = "spamassassin")]
+        name: String,
+        /// SpamAssassin .cf files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -207,6 +248,83 @@ fn main() -> ExitCode {
                 QuarantineAction::Delete { id } => QueueAction::Delete { id },
             };
             queue_command(config.as_ref(), json, action, true)
+        }
+        Command::Scan { rules, json, paths } => {
+            let config = moat_filter::FilterConfig::default();
+            let options = moat_rules::CompileOptions::default();
+            match moat_filter::cli::scan_paths(&rules, &paths, &options, &config) {
+                Ok(reports) => {
+                    let mut out = std::io::stdout().lock();
+                    if let Err(e) = moat_filter::cli::write_reports(&reports, json, &mut out) {
+                        eprintln!("moat: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("moat: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Rules {
+            action: RulesAction::Check { dir },
+        } => match moat_filter::cli::check_dir(&dir, &moat_rules::CompileOptions::default()) {
+            Ok(report) => {
+                for (name, version, rules) in &report.packs {
+                    println!("{name} {version}: {rules} rules");
+                }
+                println!(
+                    "{}: ok ({} pack tests passed, compiled in {} ms)",
+                    dir.display(),
+                    report.tests,
+                    report.compile_ms
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", dir.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Rules {
+            action:
+                RulesAction::ImportSpamassassin {
+                    output,
+                    name,
+                    files,
+                },
+        } => {
+            let options = moat_rules::import::ImportOptions {
+                name,
+                ..Default::default()
+            };
+            match moat_rules::import::spamassassin(&files, &options) {
+                Ok(report) => {
+                    let written = match &output {
+                        Some(path) => std::fs::write(path, &report.pack),
+                        None => {
+                            use std::io::Write;
+                            std::io::stdout().lock().write_all(report.pack.as_bytes())
+                        }
+                    };
+                    if let Err(e) = written {
+                        eprintln!("moat: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    let _ = report.write_skipped(&mut std::io::stderr().lock());
+                    eprintln!(
+                        "{} rules converted, {} not converted (listed above)",
+                        report.converted,
+                        report.skipped.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("moat: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::HashPassword => {
             let mut line = String::new();

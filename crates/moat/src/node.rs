@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminApi};
 use crate::config::Runtime;
+use crate::filter;
 
 /// Runs a node until SIGTERM/SIGINT and its graceful shutdown complete.
 pub async fn run(rt: Runtime) -> anyhow::Result<()> {
@@ -39,19 +40,56 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
     );
     let relay = moat_relay::Relay::new(queue.clone(), rt.relay.clone(), relay_metrics)
         .context("starting the relay")?;
+    // Content filter: the rule snapshot, the one reload task, the watcher and SIGHUP.
+    let mut stages: Vec<Arc<dyn moat_core::Stage>> = Vec::new();
+    let mut reloader = None;
+    let mut _watch = None;
+    if let Some(f) = rt.filter {
+        let metrics =
+            filter::FilterMetrics::new(admin.registry()).context("registering filter metrics")?;
+        let dir = f.rules_dir.clone();
+        let extractor: Arc<dyn moat_rules::Extractor> = Arc::new(moat_filter::MimeExtractor {
+            limits: f.config.limits,
+        });
+        let store = tokio::task::spawn_blocking(move || {
+            moat_rules::RuleStore::open(dir, moat_rules::CompileOptions::default(), Some(extractor))
+        })
+        .await?
+        .with_context(|| format!("loading the rule packs in {}", f.rules_dir.display()))?;
+        let store = Arc::new(store);
+        tracing::info!(dir = %f.rules_dir.display(), versions = %store.snapshot().versions(), "rules loaded");
+        let r = filter::spawn_reloader(store.clone(), metrics.clone());
+        if f.watch {
+            _watch = Some(
+                filter::watch(&store, f.debounce, r.clone())
+                    .context("watching the rules folder")?,
+            );
+        }
+        let mut hup = signal(SignalKind::hangup())?;
+        let on_hup = r.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                on_hup.request(filter::Trigger::Signal);
+            }
+        });
+        stages.push(Arc::new(filter::FilterStage::new(store, f.config, metrics)));
+        reloader = Some(r);
+    }
+
     let token = admin::load_or_create_token(&rt.admin_token_file)
         .with_context(|| format!("admin token file {}", rt.admin_token_file.display()))?;
     let api = Arc::new(AdminApi {
         queue: queue.clone(),
         relay: relay.clone(),
         token,
+        reloader,
     });
 
     let ctx = Arc::new(ServerContext {
         hostname: rt.hostname.clone(),
         accepted_domains: rt.accepted_domains.clone(),
         store: Arc::new(queue.clone()),
-        stages: Vec::new(),
+        stages,
     });
 
     let admin_listener = Admin::bind(rt.admin_listen)

@@ -41,6 +41,8 @@ pub struct Options {
     pub top: String,
     /// Extra `[relay]` keys (and `[[relay.hop]]` tables).
     pub relay: String,
+    /// A `[filter]` section; without one the content filter is off.
+    pub filter: String,
 }
 
 impl Node {
@@ -79,6 +81,8 @@ maildir = "{d}/maildir"
 listen = "127.0.0.1:{admin}"
 token_file = "{d}/admin.token"
 
+{filter}
+
 [tls]
 cert = "{d}/cert.pem"
 key = "{d}/key.pem"
@@ -106,6 +110,11 @@ users_file = "{d}/users"
 "#,
             top = opts.top,
             relay = opts.relay,
+            filter = if opts.filter.is_empty() {
+                "[filter]\nenabled = false\n".to_string()
+            } else {
+                opts.filter.clone()
+            },
             mx_extra = opts.mx_extra,
         );
         let config_path = dir.path().join("moat.toml");
