@@ -69,6 +69,10 @@ pub struct Config {
     pub relay: RelaySection,
     /// The content filter (rule packs).
     pub filter: FilterSection,
+    /// Antivirus engines and what their results do.
+    pub antivirus: AntivirusSection,
+    /// Attachment rules (names, types, true types, archives).
+    pub attachments: AttachmentsSection,
     /// The admin listener (metrics, health, admin calls).
     pub admin: AdminConfig,
     /// Certificate used by every connector that names none itself.
@@ -89,6 +93,8 @@ impl Default for Config {
             queue: QueueSection::default(),
             relay: RelaySection::default(),
             filter: FilterSection::default(),
+            antivirus: AntivirusSection::default(),
+            attachments: AttachmentsSection::default(),
             admin: AdminConfig::default(),
             tls: None,
             log: LogConfig::default(),
@@ -280,6 +286,155 @@ impl Default for FilterSection {
             thresholds: Default::default(),
         }
     }
+}
+
+/// `[antivirus]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AntivirusSection {
+    /// Scan every message at the end of DATA.
+    pub enabled: bool,
+    /// `all`: every engine scans, any detection wins. `failover`: the next engine when one
+    /// is down.
+    pub mode: AvModeConfig,
+    /// `reject` (554 5.7.1 naming the signature), `quarantine`, or `strip` (the infected
+    /// parts replaced by a notice).
+    pub on_detection: OnDetectionConfig,
+    /// `fail-closed` (451 4.7.0: nothing accepted unscanned) or `fail-open` (accepted with
+    /// an `X-Moat-Virus-Scan` header, counted).
+    pub on_failure: OnFailureConfig,
+    /// Content an engine cannot judge (over its size limit): `reject` or `accept`.
+    pub on_unscannable: OnUnscannableConfig,
+    /// Bound on all scans of one message.
+    pub message_timeout: Dur,
+    /// Verdicts remembered by the hash of the scanned part.
+    pub cache_entries: usize,
+    /// How long a cached verdict is trusted.
+    pub cache_ttl: Dur,
+    /// The engines.
+    pub engine: Vec<EngineSection>,
+}
+
+impl Default for AntivirusSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: AvModeConfig::Failover,
+            on_detection: OnDetectionConfig::Reject,
+            on_failure: OnFailureConfig::FailClosed,
+            on_unscannable: OnUnscannableConfig::Reject,
+            message_timeout: Dur(Duration::from_secs(120)),
+            cache_entries: 10_000,
+            cache_ttl: Dur(Duration::from_secs(3600)),
+            engine: Vec::new(),
+        }
+    }
+}
+
+/// Engine set mode.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AvModeConfig {
+    /// Every engine scans.
+    All,
+    /// The next engine when one is down.
+    Failover,
+}
+
+/// What a detection does.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDetectionConfig {
+    /// 554 5.7.1.
+    Reject,
+    /// Held for an operator.
+    Quarantine,
+    /// Infected parts replaced by a notice.
+    Strip,
+}
+
+/// What an engine failure does.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailureConfig {
+    /// 451 4.7.0.
+    FailClosed,
+    /// Accept, tagged.
+    FailOpen,
+}
+
+/// What unscannable content does.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnscannableConfig {
+    /// 554 5.7.1.
+    Reject,
+    /// Accept, tagged.
+    Accept,
+}
+
+/// Engine protocol.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// clamd INSTREAM.
+    Clamd,
+    /// ICAP RESPMOD (RFC 3507).
+    Icap,
+}
+
+/// `[[antivirus.engine]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// Name (logs, metrics).
+    pub name: String,
+    /// `clamd` or `icap`.
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+    /// `host:port`, or for clamd a unix socket path.
+    pub address: String,
+    /// ICAP service name (default `avscan`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Timeout of one scan.
+    #[serde(default)]
+    pub scan_timeout: Option<Dur>,
+    /// Scans at once on this engine.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+/// `[attachments]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AttachmentsSection {
+    /// Apply the attachment rules (blocked extensions and double extensions, deceptive
+    /// names, executables by true type, zip contents) at the end of DATA.
+    pub enabled: bool,
+    /// `reject`, `strip` or `silent-delete` for every rule that matches.
+    pub action: AttachmentActionConfig,
+}
+
+impl Default for AttachmentsSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            action: AttachmentActionConfig::Reject,
+        }
+    }
+}
+
+/// An attachment action.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachmentActionConfig {
+    /// 554 5.7.1.
+    Reject,
+    /// Remove the part, insert a notice.
+    Strip,
+    /// Accept and drop the message.
+    SilentDelete,
 }
 
 /// The content filter, checked.
@@ -1077,7 +1232,31 @@ impl Config {
                 })
             }
         };
+        let av = &self.antivirus;
+        if av.enabled && av.engine.is_empty() {
+            return Err(vec![ConfigError {
+                line: source.line_of("antivirus.enabled"),
+                path: "antivirus.engine".into(),
+                message: "antivirus is enabled but no [[antivirus.engine]] is configured".into(),
+            }]);
+        }
+        for (i, e) in av.engine.iter().enumerate() {
+            let unix = matches!(e.kind, EngineKind::Clamd) && e.address.starts_with('/');
+            if !unix && e.address.parse::<SocketAddr>().is_err() {
+                let path = format!("antivirus.engine[{i}].address");
+                return Err(vec![ConfigError {
+                    line: source.line_of(&path),
+                    message: format!(
+                        "{:?} is not an address:port (or, for clamd, a socket path)",
+                        e.address
+                    ),
+                    path,
+                }]);
+            }
+        }
         Ok(Runtime {
+            antivirus: av.enabled.then(|| av.clone()),
+            attachments: self.attachments.enabled.then(|| self.attachments.clone()),
             filter,
             hostname,
             accepted_domains: accepted,
@@ -1103,6 +1282,10 @@ pub struct Runtime {
     pub connectors: Vec<Connector>,
     /// The content filter, when on.
     pub filter: Option<FilterRuntime>,
+    /// Antivirus, when on.
+    pub antivirus: Option<AntivirusSection>,
+    /// Attachment rules, when on.
+    pub attachments: Option<AttachmentsSection>,
     /// The durable queue.
     pub queue: moat_queue::QueueConfig,
     /// Delivery to next hops.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod admin;
+mod av;
 mod config;
 mod filter;
 mod node;

@@ -40,8 +40,22 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
     );
     let relay = moat_relay::Relay::new(queue.clone(), rt.relay.clone(), relay_metrics)
         .context("starting the relay")?;
-    // Content filter: the rule snapshot, the one reload task, the watcher and SIGHUP.
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    // Stages in order of cost: attachment rules, antivirus, then the content filter.
     let mut stages: Vec<Arc<dyn moat_core::Stage>> = Vec::new();
+    let av_metrics = if rt.antivirus.is_some() || rt.attachments.is_some() {
+        Some(moat_av::AvMetrics::new(admin.registry()).context("registering antivirus metrics")?)
+    } else {
+        None
+    };
+    if let (Some(cfg), Some(m)) = (&rt.attachments, &av_metrics) {
+        stages.push(crate::av::attachments(cfg, m)?);
+    }
+    if let (Some(cfg), Some(m)) = (&rt.antivirus, &av_metrics) {
+        let (stage, _engines) = crate::av::antivirus(cfg, m, shutdown.clone())?;
+        stages.push(stage);
+    }
+    // Content filter: the rule snapshot, the one reload task, the watcher and SIGHUP.
     let mut reloader = None;
     let mut _watch = None;
     if let Some(f) = rt.filter {
@@ -95,7 +109,6 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
     let admin_listener = Admin::bind(rt.admin_listen)
         .await
         .with_context(|| format!("binding admin listener {}", rt.admin_listen))?;
-    let (trigger, shutdown) = ShutdownTrigger::new();
     let admin_stop = {
         let mut s = trigger.subscribe();
         async move { s.aborting().await }

@@ -1,0 +1,188 @@
+//! Antivirus and attachment stages in the node, over SMTP, against a real clamd on loopback
+//! (signature database with the EICAR test file only, written at test time).
+
+mod common;
+
+#[path = "../../moat-av/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod av;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mail_parser::MimeHeaders;
+
+fn node_with_clamd(clamd: &av::Clamd, on_failure: &str, extra: &str) -> Node {
+    Node::start_with(Options {
+        top: format!(
+            "[antivirus]\nenabled = true\non_failure = \"{on_failure}\"\n\
+             [[antivirus.engine]]\nname = \"clamd\"\ntype = \"clamd\"\naddress = \"{}\"\n\
+             scan_timeout = \"2s\"\n{extra}",
+            clamd.tcp
+        ),
+        ..Options::default()
+    })
+}
+
+/// Sends `message` and returns the reply to the end of data.
+fn send(node: &Node, message: &[u8]) -> String {
+    let mut c = Smtp::connect_from("127.0.0.3", node.mx);
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<bob@example.test>", "250");
+    c.cmd("DATA", "354");
+    // Dot-stuff and end the data.
+    let text = String::from_utf8_lossy(message).replace("\r\n.", "\r\n..");
+    c.send(&text);
+    if !text.ends_with("\r\n") {
+        c.send("\r\n");
+    }
+    c.send(".\r\n");
+    let r = c.reply();
+    c.cmd("QUIT", "221");
+    r
+}
+
+#[test]
+fn eicar_in_every_wrapping_is_rejected_and_clean_mail_passes_unchanged() {
+    let Some(clamd) = av::Clamd::start("10M") else {
+        return;
+    };
+    let node = node_with_clamd(&clamd, "fail-closed", "");
+    let eicar = av::eicar();
+    let zip = av::zip_stored("eicar.com", &eicar);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "plain attachment",
+            av::with_attachment("eicar.com", "application/octet-stream", &eicar),
+        ),
+        (
+            "zip",
+            av::with_attachment("files.zip", "application/zip", &zip),
+        ),
+        (
+            "zip in zip",
+            av::with_attachment(
+                "outer.zip",
+                "application/zip",
+                &av::zip_stored("inner.zip", &zip),
+            ),
+        ),
+        (
+            "message/rfc822",
+            av::forwarded(&av::with_attachment(
+                "eicar.com",
+                "application/octet-stream",
+                &eicar,
+            )),
+        ),
+    ];
+    for (what, msg) in &cases {
+        let r = send(&node, msg);
+        assert!(
+            r.starts_with("554 5.7.1") && r.contains("Moat.Test.EICAR"),
+            "{what}: {r}\n{}",
+            node.log_text()
+        );
+    }
+    let clean = av::with_attachment(
+        "report.txt",
+        "text/plain",
+        b"quarterly numbers, nothing else",
+    );
+    let r = send(&node, &clean);
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let delivered = std::fs::read(&node.wait_delivered(1)[0]).unwrap();
+    assert!(
+        delivered.ends_with(&clean) || delivered.ends_with(&[&clean[..], b"\r\n"].concat()),
+        "a clean message passes byte for byte apart from the headers Moat adds"
+    );
+    let s = node.scrape();
+    assert_eq!(
+        sample(
+            &s,
+            "moat_smtp_transactions_total",
+            &[("connector", "mx"), ("result", "rejected")]
+        ),
+        4.0
+    );
+}
+
+#[test]
+fn clamd_down_fail_closed_then_back() {
+    let Some(mut clamd) = av::Clamd::start("10M") else {
+        return;
+    };
+    let node = node_with_clamd(&clamd, "fail-closed", "");
+    let clean = av::plain(b"hello");
+    assert!(send(&node, &clean).starts_with("250"));
+    clamd.stop();
+    for _ in 0..5 {
+        let r = send(&node, &clean);
+        assert!(
+            r.starts_with("451 4.7.0"),
+            "nothing is accepted unscanned: {r}"
+        );
+    }
+    clamd.restart();
+    // Scanning resumes by itself (breaker probe or the next message).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send(&node, &clean);
+        if r.starts_with("250") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "scanning did not resume: {r}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(node.wait_delivered(2).len(), 2);
+}
+
+#[test]
+fn clamd_down_fail_open_accepts_and_tags() {
+    let Some(mut clamd) = av::Clamd::start("10M") else {
+        return;
+    };
+    let node = node_with_clamd(&clamd, "fail-open", "");
+    clamd.stop();
+    let r = send(&node, &av::plain(b"hello"));
+    assert!(r.starts_with("250"), "{r}");
+    let delivered = std::fs::read_to_string(&node.wait_delivered(1)[0]).unwrap();
+    assert!(delivered.contains("X-Moat-Virus-Scan: "), "{delivered}");
+}
+
+#[test]
+fn attachments_true_type_and_strip() {
+    // No engine needed: the attachment rules alone.
+    let node = Node::start_with(Options {
+        top: "[attachments]\nenabled = true\naction = \"strip\"\n".into(),
+        ..Options::default()
+    });
+    let mut elf = b"\x7fELF\x02\x01\x01\0".to_vec();
+    elf.extend_from_slice(&[0u8; 64]);
+    let msg = av::with_attachment("invoice.pdf", "application/pdf", &elf);
+    let r = send(&node, &msg);
+    assert!(r.starts_with("250"), "{r}");
+    let delivered = std::fs::read_to_string(&node.wait_delivered(1)[0]).unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered.as_bytes())
+        .expect("the stripped message is valid MIME");
+    assert!(
+        parsed
+            .attachments()
+            .all(|a| a.attachment_name() != Some("invoice.pdf")),
+        "{delivered}"
+    );
+    assert!(delivered.contains("was removed"), "{delivered}");
+
+    let node = Node::start_with(Options {
+        top: "[attachments]\nenabled = true\naction = \"reject\"\n".into(),
+        ..Options::default()
+    });
+    let r = send(&node, &msg);
+    assert!(
+        r.starts_with("554 5.7.1"),
+        "an executable named invoice.pdf is caught: {r}"
+    );
+}
