@@ -110,6 +110,57 @@ fn eicar_in_every_wrapping_is_rejected_and_clean_mail_passes_unchanged() {
 }
 
 #[test]
+fn eicar_through_icap_is_rejected() {
+    let Some(clamd) = av::Clamd::start("10M") else {
+        return;
+    };
+    let Some(icap) = av::Icap::start(&clamd) else {
+        return;
+    };
+    let node = Node::start_with(Options {
+        top: format!(
+            "[antivirus]\nenabled = true\n[[antivirus.engine]]\nname = \"icap\"\ntype = \"icap\"\n\
+             address = \"{}\"\nservice = \"avscan\"\nscan_timeout = \"5s\"\n",
+            icap.addr
+        ),
+        ..Options::default()
+    });
+    let eicar = av::eicar();
+    let zip = av::zip_stored("eicar.com", &eicar);
+    for (what, msg) in [
+        (
+            "plain attachment",
+            av::with_attachment("eicar.com", "application/octet-stream", &eicar),
+        ),
+        (
+            "zip in zip",
+            av::with_attachment(
+                "outer.zip",
+                "application/zip",
+                &av::zip_stored("inner.zip", &zip),
+            ),
+        ),
+        (
+            "message/rfc822",
+            av::forwarded(&av::with_attachment(
+                "eicar.com",
+                "application/octet-stream",
+                &eicar,
+            )),
+        ),
+    ] {
+        let r = send(&node, &msg);
+        assert!(
+            r.starts_with("554 5.7.1"),
+            "{what}: {r}\n{}",
+            node.log_text()
+        );
+    }
+    let r = send(&node, &av::plain(b"nothing to see"));
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+}
+
+#[test]
 fn clamd_down_fail_closed_then_back() {
     let Some(mut clamd) = av::Clamd::start("10M") else {
         return;
