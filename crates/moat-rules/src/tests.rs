@@ -521,6 +521,10 @@ fn prefilter_agrees_with_plain_regex() {
         r"(?:winner)?!!!!",
         r"(?s)start.*?finish",
         r"(?i)viagra|cialis",
+        r"\bwinner\b",
+        r"(?m)^lottery$",
+        r"prize.{0,3}\z",
+        r"claim(?:ed)? (?:now|today)\b",
     ];
     let texts: &[&[u8]] = &[
         b"please reset your  PASSWORD now",
@@ -543,6 +547,14 @@ fn prefilter_agrees_with_plain_regex() {
         b"finish start",
         b"CIALIS",
         b"",
+        b"winners winner's",
+        b"the winnerx winner",
+        b"lottery ticket\nlottery\nx",
+        b"lottery tickets",
+        b"prize!",
+        b"prize!!!!\n",
+        b"claimed todays claim now",
+        b"claim todayx",
     ];
     let mut src = String::new();
     for (i, re) in regexes.iter().enumerate() {
