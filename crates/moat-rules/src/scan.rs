@@ -1,7 +1,7 @@
 //! Scanning extracted targets with a [`CompiledRules`]: one automaton pass per target value,
 //! candidate regexes, the regex sets, then meta rules, scores and verdicts.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::compile::{CompiledRules, Consumer, RuleKind, TargetMatcher};
 use crate::schema::Thresholds;
@@ -11,7 +11,7 @@ use crate::target::{Target, Targets};
 const MAX_MATCHED: usize = 120;
 
 /// What a pack decides for a message, least severe first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Below every threshold.
