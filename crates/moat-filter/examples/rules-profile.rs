@@ -65,5 +65,5 @@ fn main() {
         el,
         bytes as f64 / el.as_secs_f64() / 1e6
     );
-    moat_rules::profile_scan(&rules, &ex);
+    print!("{}", moat_rules::profile_scan(&rules, &ex));
 }

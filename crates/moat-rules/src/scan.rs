@@ -282,11 +282,13 @@ fn target_name(t: &Target) -> String {
     t.to_string()
 }
 
-/// Prints where scan time goes (automaton, candidate regexes, regex sets) per target, and
+/// Reports where scan time goes (automaton, candidate regexes, regex sets) per target, and
 /// the factored regexes that ran most often without matching. A diagnostic for rule
 /// authors and benchmarks; not used on the SMTP path.
 #[doc(hidden)]
-pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
+pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     use std::time::{Duration, Instant};
     for m in &rules.matchers {
         let (mut t_ac, mut t_re, mut t_set) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -342,7 +344,8 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
                 t_set += s.elapsed();
             });
         }
-        println!(
+        let _ = writeln!(
+            out,
             "{:<20} ac {:>10.3?} ({ac_hits} hits, {consumer_visits} consumer visits) regex {:>10.3?} ({runs} runs, {matches} matched) set {:>10.3?} ({} regexes, {set_hits} hits)",
             m.target.to_string(),
             t_ac,
@@ -359,7 +362,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
             .map(|(n, i)| format!("{:?}={n}", String::from_utf8_lossy(&m.patterns[*i])))
             .collect();
         if !top.is_empty() {
-            println!("    most found: {}", top.join(" "));
+            let _ = writeln!(out, "    most found: {}", top.join(" "));
         }
         // Each set member on its own, to see which ones are expensive.
         let mut alone: Vec<(Duration, usize)> = Vec::new();
@@ -376,11 +379,12 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
         let total: Duration = alone.iter().map(|a| a.0).sum();
         alone.sort_unstable_by(|a, b| b.cmp(a));
         if !alone.is_empty() {
-            println!("    set members run alone: {total:.3?} in total");
+            let _ = writeln!(out, "    set members run alone: {total:.3?} in total");
         }
         for (d, i) in alone.into_iter().take(8) {
             let r = members[i];
-            println!(
+            let _ = writeln!(
+                out,
                 "    {d:>10.3?} alone: {} {}",
                 rules.rules[r.rule].id,
                 r.re.as_str()
@@ -390,11 +394,13 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) {
         worst.sort_unstable_by(|a, b| b.cmp(a));
         for (w, i) in worst.into_iter().take(5).filter(|(w, _)| *w > 0) {
             let r = &m.factored[i];
-            println!(
+            let _ = writeln!(
+                out,
                 "    {w:>6} wasted runs: {} {}",
                 rules.rules[r.rule].id,
                 r.re.as_str()
             );
         }
     }
+    out
 }
