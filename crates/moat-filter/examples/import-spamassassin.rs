@@ -2,7 +2,7 @@
 //! `cargo run --release -p moat-filter --example import-spamassassin -- OUT.toml FILE.cf|DIR...`
 //! (folders are searched for `.cf` files). Lists every rule not converted, with the reason.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -11,13 +11,14 @@ fn main() {
         std::process::exit(2);
     };
     let inputs: Vec<PathBuf> = inputs.iter().map(PathBuf::from).collect();
-    let files: Vec<PathBuf> = moat_filter::cli::collect_files(&inputs)
-        .unwrap()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "cf"))
-        .collect();
-    let report = moat_rules::import::spamassassin(&files, &Default::default()).unwrap();
-    std::fs::write(out, &report.pack).unwrap();
+    let report =
+        match moat_filter::cli::import_spamassassin(&inputs, Path::new(out), &Default::default()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        };
     let mut err = std::io::stderr().lock();
     report.write_skipped(&mut err).unwrap();
     eprintln!(

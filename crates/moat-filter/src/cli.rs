@@ -159,3 +159,24 @@ pub fn check_dir(dir: &Path, options: &CompileOptions) -> Result<CheckReport, Er
         Some(&MimeExtractor::default()),
     )?)
 }
+
+/// `moat rules import-spamassassin FILE.cf|DIR... -o OUT.toml`: converts the rule files
+/// (folders are searched for `.cf` files, in path order; later definitions win) and writes
+/// the pack to `out`. The report lists the rules not converted
+/// ([`moat_rules::import::ImportReport::write_skipped`]).
+pub fn import_spamassassin(
+    inputs: &[PathBuf],
+    out: &Path,
+    options: &moat_rules::import::ImportOptions,
+) -> Result<moat_rules::import::ImportReport, Error> {
+    let files: Vec<PathBuf> = collect_files(inputs)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cf"))
+        .collect();
+    let report = moat_rules::import::spamassassin(&files, options)?;
+    std::fs::write(out, &report.pack).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(report)
+}

@@ -250,3 +250,28 @@ fn reload_swaps_and_keeps_old_on_failure() {
     );
     assert_eq!(held.packs()[0].version, "7");
 }
+
+#[test]
+fn import_writes_a_pack_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cf = dir.path().join("local.cf");
+    std::fs::write(
+        &cf,
+        "body LOCAL_OFFER /special offer/i\nscore LOCAL_OFFER 3.0\nbody LOOK /a(?=b)/\n",
+    )
+    .unwrap();
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir(&rules_dir).unwrap();
+    let out = rules_dir.join("sa.toml");
+    let report = moat_filter::cli::import_spamassassin(
+        &[dir.path().to_path_buf()],
+        &out,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(report.converted, 1);
+    assert_eq!(report.skipped.len(), 1);
+    let rules = moat_rules::load(&rules_dir, &CompileOptions::default()).unwrap();
+    assert_eq!(rules.rules()[0].id, "LOCAL_OFFER");
+    assert_eq!(rules.rules()[0].score, 3.0);
+}
