@@ -17,6 +17,7 @@ name = "swap"
 version = "{version}"
 description = "test pack"
 reject_text = "refused by the swap pack"
+subject_prefix = "[TAGGED]"
 
 [thresholds]
 tag = 1.0
@@ -131,8 +132,9 @@ fn verdicts_over_smtp_and_quarantine_administration() {
     let tagged = delivered
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
-        .find(|m| m.contains("Subject: tag me"))
+        .find(|m| m.contains("tag me"))
         .unwrap();
+    assert!(tagged.contains("Subject: [TAGGED] tag me"), "{tagged}");
     assert!(tagged.contains("X-Moat-Score: 1"), "{tagged}");
     assert!(
         tagged.contains("X-Moat-Status: ") && tagged.contains("TAG_ME"),
