@@ -773,6 +773,28 @@ fn run_committer(committer: Committer, rx: mpsc::Receiver<Msg>, lock: File) {
     }
 }
 
+impl Queue {
+    /// The [`MessageStore`] calls: enqueue (held or not) and map the error for the session.
+    fn store_as<'a>(
+        &'a self,
+        session: &'a SessionInfo,
+        env: &'a Envelope,
+        message: &'a [u8],
+        held: bool,
+    ) -> StoreFuture<'a> {
+        Box::pin(async move {
+            self.enqueue_as(&session.client_ip().to_string(), env, message, held)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, held, "cannot queue message");
+                    StoreError {
+                        reason: e.to_string(),
+                    }
+                })
+        })
+    }
+}
+
 impl MessageStore for Queue {
     fn store<'a>(
         &'a self,
@@ -780,16 +802,7 @@ impl MessageStore for Queue {
         env: &'a Envelope,
         message: &'a [u8],
     ) -> StoreFuture<'a> {
-        Box::pin(async move {
-            self.enqueue(&session.client_ip().to_string(), env, message)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "cannot queue message");
-                    StoreError {
-                        reason: e.to_string(),
-                    }
-                })
-        })
+        self.store_as(session, env, message, false)
     }
 
     fn quarantine<'a>(
@@ -798,15 +811,6 @@ impl MessageStore for Queue {
         env: &'a Envelope,
         message: &'a [u8],
     ) -> StoreFuture<'a> {
-        Box::pin(async move {
-            self.enqueue_held(&session.client_ip().to_string(), env, message)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "cannot quarantine message");
-                    StoreError {
-                        reason: e.to_string(),
-                    }
-                })
-        })
+        self.store_as(session, env, message, true)
     }
 }
