@@ -87,6 +87,11 @@ pub fn antivirus(
             OnUnscannableConfig::Accept => OnUnscannable::Accept,
         },
         message_timeout: cfg.message_timeout.0,
+        targets: moat_av::ScanTargets {
+            parts: cfg.scan_parts,
+            whole_message: cfg.scan_whole_message,
+            ..moat_av::ScanTargets::default()
+        },
         ..AvPolicy::default()
     };
     let stage = AntivirusStage::new(engines.clone(), Some(cache), policy, metrics.clone())?;

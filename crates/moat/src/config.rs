@@ -307,6 +307,11 @@ pub struct AntivirusSection {
     pub on_unscannable: OnUnscannableConfig,
     /// Bound on all scans of one message.
     pub message_timeout: Dur,
+    /// Scan each decoded part (these go through the verdict cache).
+    pub scan_parts: bool,
+    /// Also scan the raw message as received, so the engine's own MIME parser sees what a
+    /// mail client would. Never cached: it differs per message.
+    pub scan_whole_message: bool,
     /// Verdicts remembered by the hash of the scanned part.
     pub cache_entries: usize,
     /// How long a cached verdict is trusted.
@@ -324,6 +329,8 @@ impl Default for AntivirusSection {
             on_failure: OnFailureConfig::FailClosed,
             on_unscannable: OnUnscannableConfig::Reject,
             message_timeout: Dur(Duration::from_secs(120)),
+            scan_parts: true,
+            scan_whole_message: true,
             cache_entries: 10_000,
             cache_ttl: Dur(Duration::from_secs(3600)),
             engine: Vec::new(),
@@ -1233,6 +1240,14 @@ impl Config {
             }
         };
         let av = &self.antivirus;
+        if av.enabled && !av.scan_parts && !av.scan_whole_message {
+            return Err(vec![ConfigError {
+                line: source.line_of("antivirus.scan_parts"),
+                path: "antivirus.scan_parts".into(),
+                message: "scan_parts and scan_whole_message are both off: nothing would be scanned"
+                    .into(),
+            }]);
+        }
         if av.enabled && av.engine.is_empty() {
             return Err(vec![ConfigError {
                 line: source.line_of("antivirus.enabled"),
