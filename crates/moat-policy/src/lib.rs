@@ -36,11 +36,15 @@
 //! ```
 
 mod address;
+mod auth;
+mod dns;
+mod dnsbl;
 mod error;
 mod iplist;
 mod metrics;
 mod rate;
 mod reason;
+mod redis;
 mod recipient;
 mod sender;
 mod stage;

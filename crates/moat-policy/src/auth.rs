@@ -1,0 +1,1 @@
+//! SPF, DKIM, DMARC and ARC verification and the `Authentication-Results` header.

@@ -1,0 +1,1 @@
+//! The DNS resolver every policy lookup shares (DNS block lists, SPF, DKIM, DMARC).

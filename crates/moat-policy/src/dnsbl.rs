@@ -1,0 +1,1 @@
+//! DNS block and allow lists, weighted per zone and return code.

@@ -1,0 +1,1 @@
+//! A [`crate::RateStore`] in Redis, shared by the nodes behind one MX, with a local fallback.
