@@ -44,11 +44,12 @@ mod iplist;
 mod metrics;
 mod rate;
 mod reason;
-mod redis;
 mod recipient;
+mod redis;
 mod sender;
 mod stage;
 
+pub use dns::DnsConfig;
 pub use error::{ErrorKind, Fault, PolicyError, ReloadOutcome};
 pub use iplist::{
     IpClass, IpList, IpListSource, IpListStore, IpLists, IpListsConfig, canonical, client_net,

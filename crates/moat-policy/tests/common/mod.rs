@@ -26,7 +26,9 @@ pub fn program(name: &str, package: &str) -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "{name} is missing under CI: .ci/run should have installed {package}"
         );
-        println!("SKIPPED: {name} not found (install the Debian package {package}, or run .ci/run)");
+        println!(
+            "SKIPPED: {name} not found (install the Debian package {package}, or run .ci/run)"
+        );
     }
     found
 }
@@ -260,14 +262,20 @@ impl Redis {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("redis-server exited at start ({status}); log:\n{}", self.log());
+                panic!(
+                    "redis-server exited at start ({status}); log:\n{}",
+                    self.log()
+                );
             }
             if redis_ping(self.addr) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(30));
         }
-        panic!("redis-server did not answer PING within 20 s; log:\n{}", self.log());
+        panic!(
+            "redis-server did not answer PING within 20 s; log:\n{}",
+            self.log()
+        );
     }
 
     /// Stops it (by pid) and waits for it to exit.
@@ -302,5 +310,6 @@ fn redis_ping(addr: SocketAddr) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 16];
-    s.write_all(b"PING\r\n").is_ok() && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    s.write_all(b"PING\r\n").is_ok()
+        && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
