@@ -24,5 +24,5 @@ mod store;
 pub use envelope::{Envelope, SessionInfo, TlsInfo};
 pub use reply::{Enhanced, Reply};
 pub use shutdown::{Shutdown, ShutdownTrigger};
-pub use stage::{Phase, Stage, StageFuture, Verdict};
+pub use stage::{PerConnector, Phase, Stage, StageFuture, Verdict};
 pub use store::{MessageStore, QueueId, StoreError, StoreFuture};

@@ -1,5 +1,7 @@
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::{Envelope, Reply, SessionInfo};
 
@@ -107,5 +109,147 @@ pub trait Stage: Send + Sync {
         _message: &'a [u8],
     ) -> StageFuture<'a> {
         Box::pin(async { Verdict::Continue })
+    }
+}
+
+/// A stage chosen by the session's receive connector: the MX connector may scan with one
+/// policy and submission with another, or not at all. Connectors not named use the default;
+/// `None` (as default or for a connector) means no stage there.
+pub struct PerConnector {
+    name: &'static str,
+    default: Option<Arc<dyn Stage>>,
+    by_connector: HashMap<String, Option<Arc<dyn Stage>>>,
+}
+
+impl PerConnector {
+    /// Routes to `default` unless a connector is given its own stage with [`Self::with`].
+    pub fn new(name: &'static str, default: Option<Arc<dyn Stage>>) -> Self {
+        Self {
+            name,
+            default,
+            by_connector: HashMap::new(),
+        }
+    }
+
+    /// Uses `stage` (or nothing) for sessions on `connector`.
+    pub fn with(mut self, connector: impl Into<String>, stage: Option<Arc<dyn Stage>>) -> Self {
+        self.by_connector.insert(connector.into(), stage);
+        self
+    }
+
+    /// The stage for a connector, if any.
+    pub fn stage_for(&self, connector: &str) -> Option<&Arc<dyn Stage>> {
+        match self.by_connector.get(connector) {
+            Some(s) => s.as_ref(),
+            None => self.default.as_ref(),
+        }
+    }
+}
+
+impl Stage for PerConnector {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn connect<'a>(&'a self, session: &'a SessionInfo) -> StageFuture<'a> {
+        match self.stage_for(&session.connector) {
+            Some(s) => s.connect(session),
+            None => Box::pin(async { Verdict::Continue }),
+        }
+    }
+
+    fn helo<'a>(&'a self, session: &'a SessionInfo) -> StageFuture<'a> {
+        match self.stage_for(&session.connector) {
+            Some(s) => s.helo(session),
+            None => Box::pin(async { Verdict::Continue }),
+        }
+    }
+
+    fn mail<'a>(&'a self, session: &'a SessionInfo, env: &'a Envelope) -> StageFuture<'a> {
+        match self.stage_for(&session.connector) {
+            Some(s) => s.mail(session, env),
+            None => Box::pin(async { Verdict::Continue }),
+        }
+    }
+
+    fn rcpt<'a>(
+        &'a self,
+        session: &'a SessionInfo,
+        env: &'a Envelope,
+        rcpt: &'a str,
+    ) -> StageFuture<'a> {
+        match self.stage_for(&session.connector) {
+            Some(s) => s.rcpt(session, env, rcpt),
+            None => Box::pin(async { Verdict::Continue }),
+        }
+    }
+
+    fn data<'a>(
+        &'a self,
+        session: &'a SessionInfo,
+        env: &'a Envelope,
+        message: &'a [u8],
+    ) -> StageFuture<'a> {
+        match self.stage_for(&session.connector) {
+            Some(s) => s.data(session, env, message),
+            None => Box::pin(async { Verdict::Continue }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Enhanced;
+
+    /// Refuses every RCPT with its own text, so a test can tell which stage answered.
+    struct Refuse(&'static str);
+
+    impl Stage for Refuse {
+        fn name(&self) -> &'static str {
+            "refuse"
+        }
+        fn rcpt<'a>(
+            &'a self,
+            _session: &'a SessionInfo,
+            _env: &'a Envelope,
+            _rcpt: &'a str,
+        ) -> StageFuture<'a> {
+            Box::pin(async move {
+                Verdict::Reject(Reply::new(550, Enhanced::new(5, 7, 1), self.0))
+            })
+        }
+    }
+
+    fn session(connector: &str) -> SessionInfo {
+        SessionInfo {
+            connector: connector.into(),
+            client: "192.0.2.1:4000".parse().unwrap(),
+            local: "192.0.2.2:25".parse().unwrap(),
+            helo: None,
+            esmtp: true,
+            tls: None,
+            auth_user: None,
+            may_relay: false,
+        }
+    }
+
+    async fn rcpt(stage: &PerConnector, connector: &str) -> Verdict {
+        stage
+            .rcpt(&session(connector), &Envelope::default(), "a@example.com")
+            .await
+    }
+
+    #[tokio::test]
+    async fn per_connector_routes_by_connector_name_with_a_default() {
+        let stage = PerConnector::new("av", Some(Arc::new(Refuse("default"))))
+            .with("submission", None)
+            .with("partners", Some(Arc::new(Refuse("partners"))));
+        let text = |v: Verdict| v.refusal().map(|r| r.to_string());
+        assert!(text(rcpt(&stage, "mx").await).unwrap().contains("default"));
+        assert!(text(rcpt(&stage, "partners").await).unwrap().contains("partners"));
+        assert_eq!(rcpt(&stage, "submission").await, Verdict::Continue);
+        let none = PerConnector::new("av", None);
+        assert_eq!(rcpt(&none, "mx").await, Verdict::Continue);
     }
 }

@@ -46,10 +46,18 @@ impl Readiness {
     }
 }
 
+/// A dependency `/readyz` asks about (antivirus engines, say).
+struct Check {
+    name: &'static str,
+    critical: bool,
+    up: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 struct Inner {
     registry: Registry,
     readiness: AtomicU8,
     ready_gauge: IntGauge,
+    checks: std::sync::RwLock<Vec<Check>>,
 }
 
 /// The shared state of the admin listener. Cheap to clone.
@@ -70,8 +78,46 @@ impl Admin {
                 registry,
                 readiness: AtomicU8::new(Readiness::Starting as u8),
                 ready_gauge,
+                checks: std::sync::RwLock::new(Vec::new()),
             }),
         }
+    }
+
+    /// Adds a dependency to `/readyz`. While the node is ready and `up` says no, a
+    /// `critical` one makes `/readyz` answer 503 `not ready: NAME` (the node would refuse
+    /// mail, so a load balancer should send it elsewhere); another one leaves 200 and says
+    /// `ready (degraded: NAME)`.
+    pub fn add_check(
+        &self,
+        name: &'static str,
+        critical: bool,
+        up: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        let check = Check {
+            name,
+            critical,
+            up: Box::new(up),
+        };
+        self.inner
+            .checks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
+    }
+
+    /// The checks that fail now: (critical ones, others).
+    fn failing(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        let checks = self.inner.checks.read().unwrap_or_else(|e| e.into_inner());
+        let mut critical = Vec::new();
+        let mut other = Vec::new();
+        for c in checks.iter().filter(|c| !(c.up)()) {
+            if c.critical {
+                critical.push(c.name);
+            } else {
+                other.push(c.name);
+            }
+        }
+        (critical, other)
     }
 
     /// The registry, for crates to register their handles on.
@@ -139,9 +185,19 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
     match admin.readiness() {
-        Readiness::Ready => (StatusCode::OK, "ready\n"),
-        Readiness::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-        Readiness::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        Readiness::Ready => match admin.failing() {
+            (critical, _) if !critical.is_empty() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", critical.join(", ")),
+            ),
+            (_, degraded) if !degraded.is_empty() => (
+                StatusCode::OK,
+                format!("ready (degraded: {})\n", degraded.join(", ")),
+            ),
+            _ => (StatusCode::OK, "ready\n".to_string()),
+        },
+        Readiness::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
+        Readiness::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string()),
     }
 }
 
@@ -209,5 +265,41 @@ mod tests {
 
         admin.set_readiness(Readiness::Draining);
         assert_eq!(get(addr, "/readyz").await, (503, "draining\n".to_string()));
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_dependency_checks() {
+        use std::sync::atomic::AtomicBool;
+        let admin = Admin::new(Registry::new());
+        let av_up = Arc::new(AtomicBool::new(true));
+        let cache_up = Arc::new(AtomicBool::new(true));
+        let (a, c) = (av_up.clone(), cache_up.clone());
+        admin.add_check("antivirus", true, move || a.load(Ordering::SeqCst));
+        admin.add_check("redis", false, move || c.load(Ordering::SeqCst));
+        let listener = Admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(Admin::serve(
+            listener,
+            admin.router(),
+            std::future::pending(),
+        ));
+
+        // Starting wins over the checks.
+        assert_eq!(get(addr, "/readyz").await, (503, "starting\n".to_string()));
+        admin.set_readiness(Readiness::Ready);
+        assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_string()));
+        cache_up.store(false, Ordering::SeqCst);
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (200, "ready (degraded: redis)\n".to_string())
+        );
+        av_up.store(false, Ordering::SeqCst);
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (503, "not ready: antivirus\n".to_string())
+        );
+        av_up.store(true, Ordering::SeqCst);
+        cache_up.store(true, Ordering::SeqCst);
+        assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_string()));
     }
 }

@@ -10,20 +10,31 @@ use moat_av::{
     CacheConfig, ClamdAddress, ClamdConfig, EngineLimits, EngineSet, EngineSpec, IcapConfig, Mode,
     OnDetection, OnFailure, OnUnscannable, VerdictCache,
 };
-use moat_core::{Shutdown, Stage};
+use moat_core::{PerConnector, Shutdown, Stage};
 
 use crate::config::{
-    AntivirusSection, AttachmentActionConfig, AttachmentsSection, AvModeConfig, EngineKind,
-    OnDetectionConfig, OnFailureConfig, OnUnscannableConfig,
+    AntivirusSection, AttachmentActionConfig, AttachmentsSection, AvConnectorSection, AvModeConfig,
+    EngineKind, OnDetectionConfig, OnFailureConfig, OnUnscannableConfig,
 };
 
-/// Builds the antivirus stage; the engines are probed in the background so a recovered
-/// engine is used again even without mail.
+/// The antivirus stage of a node and what readiness needs to know of it.
+pub struct Antivirus {
+    /// One [`AntivirusStage`] per connector policy, sharing the engines and the cache.
+    pub stage: Arc<dyn Stage>,
+    /// The engines (breaker state for `/readyz`).
+    pub engines: Arc<EngineSet>,
+    /// Some connector scans fail-closed: without engines it refuses mail.
+    pub fail_closed: bool,
+}
+
+/// Builds the antivirus stage, one policy per connector over one engine set and one verdict
+/// cache; the engines are probed in the background so a recovered engine is used again even
+/// without mail.
 pub fn antivirus(
     cfg: &AntivirusSection,
     metrics: &AvMetrics,
     shutdown: Shutdown,
-) -> anyhow::Result<(Arc<dyn Stage>, Arc<EngineSet>)> {
+) -> anyhow::Result<Antivirus> {
     let mut specs = Vec::new();
     for e in &cfg.engine {
         let mut limits = EngineLimits::default();
@@ -72,17 +83,47 @@ pub fn antivirus(
         ttl: cfg.cache_ttl.0,
         ..CacheConfig::default()
     }));
-    let policy = AvPolicy {
-        on_detection: match cfg.on_detection {
+    let stage = |o: AvConnectorSection| -> anyhow::Result<Option<Arc<dyn Stage>>> {
+        if o.enabled == Some(false) {
+            return Ok(None);
+        }
+        let stage = AntivirusStage::new(
+            engines.clone(),
+            Some(cache.clone()),
+            policy(cfg, o),
+            metrics.clone(),
+        )?;
+        Ok(Some(Arc::new(stage)))
+    };
+    let mut routed = PerConnector::new("antivirus", stage(AvConnectorSection::default())?);
+    for (name, o) in &cfg.connector {
+        routed = routed.with(name.clone(), stage(*o)?);
+    }
+    // Fail-closed anywhere means a node without engines refuses mail there: not ready.
+    let fail_closed = std::iter::once(AvConnectorSection::default())
+        .chain(cfg.connector.values().copied())
+        .filter(|o| o.enabled != Some(false))
+        .any(|o| policy(cfg, o).on_failure == OnFailure::FailClosed);
+    Ok(Antivirus {
+        stage: Arc::new(routed),
+        engines,
+        fail_closed,
+    })
+}
+
+/// The antivirus policy of a connector: `[antivirus]` with its overrides.
+fn policy(cfg: &AntivirusSection, o: AvConnectorSection) -> AvPolicy {
+    AvPolicy {
+        on_detection: match o.on_detection.unwrap_or(cfg.on_detection) {
             OnDetectionConfig::Reject => OnDetection::Reject,
             OnDetectionConfig::Quarantine => OnDetection::Quarantine,
             OnDetectionConfig::Strip => OnDetection::Strip,
         },
-        on_failure: match cfg.on_failure {
+        on_failure: match o.on_failure.unwrap_or(cfg.on_failure) {
             OnFailureConfig::FailClosed => OnFailure::FailClosed,
             OnFailureConfig::FailOpen => OnFailure::FailOpen,
         },
-        on_unscannable: match cfg.on_unscannable {
+        on_unscannable: match o.on_unscannable.unwrap_or(cfg.on_unscannable) {
             OnUnscannableConfig::Reject => OnUnscannable::Reject,
             OnUnscannableConfig::Accept => OnUnscannable::Accept,
         },
@@ -93,9 +134,7 @@ pub fn antivirus(
             ..moat_av::ScanTargets::default()
         },
         ..AvPolicy::default()
-    };
-    let stage = AntivirusStage::new(engines.clone(), Some(cache), policy, metrics.clone())?;
-    Ok((Arc::new(stage), engines))
+    }
 }
 
 /// Builds the attachment stage: every rule of the default policy, with one action.

@@ -318,6 +318,23 @@ pub struct AntivirusSection {
     pub cache_ttl: Dur,
     /// The engines.
     pub engine: Vec<EngineSection>,
+    /// Policy per receive connector, replacing the defaults above for that connector.
+    pub connector: std::collections::BTreeMap<String, AvConnectorSection>,
+}
+
+/// `[antivirus.connector.NAME]`: the antivirus policy of one receive connector. Keys left
+/// out keep the `[antivirus]` value.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvConnectorSection {
+    /// `false`: messages on this connector are not scanned.
+    pub enabled: Option<bool>,
+    /// `reject`, `quarantine` or `strip`.
+    pub on_detection: Option<OnDetectionConfig>,
+    /// `fail-closed` or `fail-open`.
+    pub on_failure: Option<OnFailureConfig>,
+    /// `reject` or `accept`.
+    pub on_unscannable: Option<OnUnscannableConfig>,
 }
 
 impl Default for AntivirusSection {
@@ -334,6 +351,7 @@ impl Default for AntivirusSection {
             cache_entries: 10_000,
             cache_ttl: Dur(Duration::from_secs(3600)),
             engine: Vec::new(),
+            connector: Default::default(),
         }
     }
 }
@@ -1254,6 +1272,16 @@ impl Config {
                 path: "antivirus.engine".into(),
                 message: "antivirus is enabled but no [[antivirus.engine]] is configured".into(),
             }]);
+        }
+        for name in av.connector.keys() {
+            if !self.connector.iter().any(|c| &c.name == name) {
+                let path = format!("antivirus.connector.{name}");
+                return Err(vec![ConfigError {
+                    line: source.line_of(&path),
+                    path,
+                    message: format!("no connector is named {name:?}"),
+                }]);
+            }
         }
         for (i, e) in av.engine.iter().enumerate() {
             let unix = matches!(e.kind, EngineKind::Clamd) && e.address.starts_with('/');

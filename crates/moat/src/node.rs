@@ -52,8 +52,12 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
         stages.push(crate::av::attachments(cfg, m)?);
     }
     if let (Some(cfg), Some(m)) = (&rt.antivirus, &av_metrics) {
-        let (stage, _engines) = crate::av::antivirus(cfg, m, shutdown.clone())?;
-        stages.push(stage);
+        let av = crate::av::antivirus(cfg, m, shutdown.clone())?;
+        // Engines down behind a fail-closed policy: this node refuses mail, so `/readyz`
+        // says not ready; behind fail-open it accepts unscanned mail: degraded.
+        let engines = av.engines.clone();
+        admin.add_check("antivirus", av.fail_closed, move || engines.is_ready());
+        stages.push(av.stage);
     }
     // Content filter: the rule snapshot, the one reload task, the watcher and SIGHUP.
     let mut reloader = None;

@@ -204,6 +204,93 @@ fn clamd_down_fail_open_accepts_and_tags() {
 }
 
 #[test]
+fn policy_per_connector_and_engine_state_in_readyz() {
+    let Some(mut clamd) = av::Clamd::start("10M") else {
+        return;
+    };
+    // [antivirus] says reject and fail-closed; the mx connector quarantines and fails open.
+    // Submission keeps the fail-closed default, so engines down make the node not ready.
+    let node = node_with_clamd(
+        &clamd,
+        "fail-closed",
+        "[antivirus.connector.mx]\non_detection = \"quarantine\"\non_failure = \"fail-open\"\n",
+    );
+    assert_eq!(node.http_get("/readyz"), Some((200, "ready\n".into())));
+    let infected = av::with_attachment("eicar.com", "application/octet-stream", &av::eicar());
+    let r = send(&node, &infected);
+    assert!(
+        r.starts_with("250"),
+        "mx quarantines instead of rejecting: {r}"
+    );
+    let s = node.scrape();
+    assert_eq!(
+        sample(
+            &s,
+            "moat_smtp_transactions_total",
+            &[("connector", "mx"), ("result", "quarantined")]
+        ),
+        1.0
+    );
+
+    clamd.stop();
+    // Three failures open the engine's breaker (the default).
+    for _ in 0..3 {
+        let r = send(&node, &av::plain(b"hello"));
+        assert!(r.starts_with("250"), "mx fails open: {r}");
+    }
+    for path in node.wait_delivered(3) {
+        let delivered = std::fs::read_to_string(path).unwrap();
+        assert!(delivered.contains("X-Moat-Virus-Scan: "), "{delivered}");
+    }
+    // The breaker is open; the fail-closed connector makes that critical.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = node.http_get("/readyz");
+        if ready == Some((503, "not ready: antivirus\n".into())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz did not follow the engines: {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    clamd.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.http_get("/readyz") != Some((200, "ready\n".into())) {
+        assert!(
+            Instant::now() < deadline,
+            "readyz did not recover with clamd"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn unknown_connector_in_antivirus_policy_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moat.toml");
+    std::fs::write(
+        &path,
+        "[antivirus]\nenabled = true\n[[antivirus.engine]]\nname = \"c\"\ntype = \"clamd\"\n\
+         address = \"127.0.0.1:3310\"\n[antivirus.connector.partners]\non_failure = \"fail-open\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("antivirus.connector.partners") && err.contains("no connector is named"),
+        "{err}"
+    );
+}
+
+#[test]
 fn attachments_true_type_and_strip() {
     // No engine needed: the attachment rules alone.
     let node = Node::start_with(Options {
