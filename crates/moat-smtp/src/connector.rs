@@ -60,6 +60,8 @@ pub struct Connector {
     pub max_connections: usize,
     /// Simultaneous connections from one client address.
     pub max_connections_per_ip: usize,
+    /// Simultaneous connections from one client network (/24 for IPv4, /64 for IPv6).
+    pub max_connections_per_net: usize,
 }
 
 impl Connector {
@@ -85,6 +87,7 @@ impl Connector {
             limits: Limits::default(),
             max_connections: 2048,
             max_connections_per_ip: 50,
+            max_connections_per_net: 200,
         }
     }
 

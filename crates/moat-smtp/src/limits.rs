@@ -25,6 +25,15 @@ pub struct Limits {
     pub proxy_timeout: Duration,
     /// TLS handshake after STARTTLS.
     pub tls_handshake_timeout: Duration,
+    /// Pregreet test (postscreen's): silence kept before the greeting; a client that talks
+    /// in it is refused (554 5.5.1) and counted. Zero: off, greet at once. The connect
+    /// stages (DNS lists) run during the wait.
+    pub pregreet_wait: Duration,
+    /// Tarpit: from the error reply that brings a session's errors to this number, every
+    /// reply waits `tarpit_delay` before it is sent (0: off).
+    pub tarpit_after_errors: u32,
+    /// Delay of a tarpitted reply.
+    pub tarpit_delay: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +49,9 @@ impl Default for Limits {
             data_total_timeout: Duration::from_secs(600),
             proxy_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(30),
+            pregreet_wait: Duration::ZERO,
+            tarpit_after_errors: 0,
+            tarpit_delay: Duration::from_secs(5),
         }
     }
 }

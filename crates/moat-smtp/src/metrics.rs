@@ -44,6 +44,7 @@ pub struct SmtpMetrics {
     replies: IntCounterVec,
     bytes: IntCounterVec,
     stage_seconds: HistogramVec,
+    hygiene: IntCounterVec,
 }
 
 /// Handles for one connector.
@@ -57,6 +58,10 @@ pub struct ConnectorMetrics {
     /// Message octets received (after unstuffing).
     pub bytes: IntCounter,
     stages: StageHistograms,
+    /// Clients refused for talking before the greeting.
+    pub pregreet: IntCounter,
+    /// Replies delayed by the tarpit.
+    pub tarpitted: IntCounter,
 }
 
 /// Latency histograms per stage (`moat_stage_duration_seconds{stage}`).
@@ -114,6 +119,15 @@ impl SmtpMetrics {
             ),
             &["stage"],
         )?;
+        let hygiene = IntCounterVec::new(
+            Opts::new(
+                "moat_smtp_protocol_tests_total",
+                "Protocol hygiene outcomes: pregreet (client spoke before the greeting, \
+                 refused) and tarpit (a reply delayed)",
+            ),
+            &["connector", "test"],
+        )?;
+        registry.register(Box::new(hygiene.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(transactions.clone()))?;
@@ -127,6 +141,7 @@ impl SmtpMetrics {
             replies,
             bytes,
             stage_seconds,
+            hygiene,
         })
     }
 
@@ -161,6 +176,8 @@ impl SmtpMetrics {
                 data: s("data"),
                 store: s("store"),
             },
+            pregreet: self.hygiene.with_label_values(&[name, "pregreet"]),
+            tarpitted: self.hygiene.with_label_values(&[name, "tarpit"]),
         }
     }
 }

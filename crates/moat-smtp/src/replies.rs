@@ -106,6 +106,14 @@ pub fn timeout(hostname: &str) -> Reply {
 pub fn too_many_connections() -> Reply {
     Reply::new(421, e(4, 7, 0), "Too many connections, try again later")
 }
+/// 554 to a client that spoke before the greeting (the pregreet test).
+pub fn pregreet() -> Reply {
+    Reply::new(
+        554,
+        e(5, 5, 1),
+        "Protocol error: client spoke before the greeting",
+    )
+}
 /// 421 after too many errors in one session.
 pub fn too_many_errors() -> Reply {
     Reply::new(421, e(4, 7, 0), "Too many errors, closing connection")

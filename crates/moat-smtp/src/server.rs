@@ -3,7 +3,7 @@
 //!
 //! Order of checks for a new connection: total connections on the connector (421 4.7.0) →
 //! PROXY header when the peer is a trusted balancer (refused without a reply when missing or
-//! invalid) → connections per client address (421 4.7.0) → the connector's remote ranges
+//! invalid) → connections per client address and per client network, /24 or /64 (421 4.7.0) → the connector's remote ranges
 //! (554 5.7.1) → stages' connect phase → greeting.
 
 use std::collections::HashMap;
@@ -26,6 +26,34 @@ use crate::session::{ServerContext, Session};
 struct Counts {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    per_net: HashMap<IpAddr, usize>,
+}
+
+/// The network a client address counts in: its /24 (IPv4, IPv4-mapped IPv6 included) or
+/// its /64 (IPv6).
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => client_network(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+fn release(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
 }
 
 /// Decrements the counts when a connection ends.
@@ -38,13 +66,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.total -= 1;
-        if let Some(ip) = self.ip
-            && let Some(n) = c.per_ip.get_mut(&ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&ip);
-            }
+        if let Some(ip) = self.ip {
+            release(&mut c.per_ip, ip);
+            release(&mut c.per_net, client_network(ip));
         }
     }
 }
@@ -157,16 +181,19 @@ impl ConnectionTask {
             (peer, local)
         };
         let ip = client.ip();
-        let per_ip = {
+        let (per_ip, per_net) = {
             let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
             let n = c.per_ip.entry(ip).or_insert(0);
             *n += 1;
+            let per_ip = *n;
+            let n = c.per_net.entry(client_network(ip)).or_insert(0);
+            *n += 1;
             slot.ip = Some(ip);
-            *n
+            (per_ip, *n)
         };
-        if per_ip > conn.max_connections_per_ip {
+        if per_ip > conn.max_connections_per_ip || per_net > conn.max_connections_per_net {
             self.metrics.connection(ConnResult::Limit);
-            tracing::info!(connector = %conn.name, client = %ip, "per-client connection limit reached");
+            tracing::info!(connector = %conn.name, client = %ip, per_ip, per_net, "per-client connection limit reached");
             refuse(&mut stream, replies::too_many_connections()).await;
             return;
         }
@@ -220,4 +247,17 @@ async fn refuse(stream: &mut TcpStream, reply: Reply) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_networks_are_slash_24_and_slash_64() {
+        let net = |s: &str| client_network(s.parse().unwrap()).to_string();
+        assert_eq!(net("192.0.2.77"), "192.0.2.0");
+        assert_eq!(net("::ffff:192.0.2.77"), "192.0.2.0");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+    }
 }

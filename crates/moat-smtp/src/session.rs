@@ -129,8 +129,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn serve(&mut self) -> Step {
-        if let Some(reply) = self.ask_stages(Phase::Connect).await {
-            self.send(reply.clone());
+        if let Some(reply) = self.connect_phase().await {
+            self.send(reply);
             return Err(Close::Done);
         }
         self.send(replies::greeting(&self.ctx.hostname));
@@ -160,6 +160,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn flush(&mut self) -> Step {
         if self.wbuf.is_empty() {
             return Ok(());
+        }
+        let tarpit = &self.conn.limits;
+        if tarpit.tarpit_after_errors > 0 && self.errors >= tarpit.tarpit_after_errors {
+            self.metrics.tarpitted.inc();
+            tokio::time::sleep(tarpit.tarpit_delay).await;
         }
         let write = async {
             self.stream.write_all(&self.wbuf).await?;
@@ -819,6 +824,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     // --- stages ------------------------------------------------------------------------
+
+    /// Before the greeting: the connect stages and, at the same time, the pregreet wait.
+    /// Both must pass; a stage's refusal wins over the pregreet one.
+    async fn connect_phase(&mut self) -> Option<Reply> {
+        let wait = self.conn.limits.pregreet_wait;
+        if wait.is_zero() {
+            return self.ask_stages(Phase::Connect).await;
+        }
+        let started = Instant::now();
+        let (stages, info) = (&self.ctx.stages, &self.info);
+        let ask = async {
+            for stage in stages {
+                if let Some(r) = stage.connect(info).await.refusal() {
+                    return Some(r.clone());
+                }
+            }
+            None
+        };
+        let stream = &mut self.stream;
+        let listen = async {
+            // Any octet from the client inside the wait fails the test; what it said is
+            // dropped with the connection. EOF passes: there is nobody left to refuse.
+            let mut one = [0u8; 512];
+            tokio::select! {
+                r = stream.read(&mut one) => !matches!(r, Ok(0) | Err(_)),
+                _ = tokio::time::sleep(wait) => false,
+            }
+        };
+        let (refusal, spoke) = tokio::join!(ask, listen);
+        self.metrics
+            .stages()
+            .connect
+            .observe(started.elapsed().as_secs_f64());
+        if refusal.is_some() {
+            return refusal;
+        }
+        if spoke {
+            self.metrics.pregreet.inc();
+            tracing::info!(connector = %self.conn.name, client = %self.info.client_ip(), "pregreet: client spoke before the greeting");
+            return Some(replies::pregreet());
+        }
+        None
+    }
 
     async fn ask_stages(&mut self, phase: Phase) -> Option<Reply> {
         if self.ctx.stages.is_empty() {

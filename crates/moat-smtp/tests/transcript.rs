@@ -772,3 +772,92 @@ async fn stage_verdicts_shape_the_replies() {
     let text = String::from_utf8(store.messages.lock().unwrap()[0].1.clone()).unwrap();
     assert!(text.starts_with("X-Test-Tag: yes\r\nReceived: "), "{text}");
 }
+
+/// A connect stage that takes its time (a DNS list lookup), then lets the client in.
+struct SlowConnect(Duration);
+
+impl moat_core::Stage for SlowConnect {
+    fn name(&self) -> &'static str {
+        "slow-connect"
+    }
+    fn connect<'a>(&'a self, _s: &'a moat_core::SessionInfo) -> moat_core::StageFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(self.0).await;
+            moat_core::Verdict::Continue
+        })
+    }
+}
+
+#[tokio::test]
+async fn pregreet_talker_is_refused() {
+    let store = Arc::new(MemoryStore::default());
+    let mut conn = mx();
+    conn.limits.pregreet_wait = Duration::from_millis(300);
+    let mut c = start(
+        conn,
+        context(store.clone()),
+        "192.0.2.10",
+        Shutdown::never(),
+    );
+    // A bot that does not wait for the banner.
+    transcript(
+        &mut c,
+        "C: EHLO impatient.example
+         S: 554 5.5.1 Protocol error: client spoke before the greeting
+         S: <closed>",
+    )
+    .await;
+    assert_eq!(store.count(), 0);
+}
+
+#[tokio::test]
+async fn pregreet_wait_overlaps_the_connect_stages() {
+    let store = Arc::new(MemoryStore::default());
+    let wait = Duration::from_millis(400);
+    let ctx = Arc::new(moat_smtp::ServerContext {
+        hostname: "mx.example.test".into(),
+        accepted_domains: vec!["example.test".into()],
+        store,
+        stages: vec![Arc::new(SlowConnect(wait))],
+    });
+    let mut conn = mx();
+    conn.limits.pregreet_wait = wait;
+    let started = std::time::Instant::now();
+    let mut c = start(conn, ctx, "192.0.2.10", Shutdown::never());
+    c.expect("220 ").await;
+    let took = started.elapsed();
+    assert!(took >= wait, "the greeting waits: {took:?}");
+    // Run one after the other they would take 800 ms; at once, about 400.
+    assert!(
+        took < wait * 7 / 4,
+        "stages run during the wait, not after it: {took:?}"
+    );
+    transcript(&mut c, "C: EHLO patient.example\nS: 250\nC: QUIT\nS: 221").await;
+}
+
+#[tokio::test]
+async fn tarpit_delays_replies_after_errors() {
+    let store = Arc::new(MemoryStore::default());
+    let mut conn = mx();
+    conn.limits.tarpit_after_errors = 2;
+    conn.limits.tarpit_delay = Duration::from_millis(300);
+    let mut c = start(conn, context(store), "192.0.2.10", Shutdown::never());
+    c.expect("220").await;
+    let t = std::time::Instant::now();
+    c.send("BAD\r\n").await;
+    c.expect("500").await;
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "one error: not yet"
+    );
+    // The second error reply and every reply after it wait.
+    for (line, reply) in [("BAD", "500"), ("NOOP", "250")] {
+        let t = std::time::Instant::now();
+        c.send(&format!("{line}\r\n")).await;
+        c.expect(reply).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{line} tarpitted"
+        );
+    }
+}
