@@ -10,6 +10,9 @@
 //!   `*@domain` per line) for the accepted domains, with a staleness check.
 //! - [`RateStore`], [`MemoryRateStore`], [`RateLimiter`]: connections, messages and
 //!   recipients per window per client address and per /24 (/64 for IPv6).
+//! - [`RedisConfig`], [`SharedRateStore`], [`RedisRateStore`]: rate counts in Redis, shared
+//!   by the nodes behind one MX, with a local fallback while Redis is away
+//!   ([`RateStoreMetrics`]).
 //! - [`PolicyStage`]: all of the above as one [`moat_core::Stage`], with every reply
 //!   defined in [`Reason::verdict`] and metrics in [`PolicyMetrics`].
 //!
@@ -62,6 +65,9 @@ pub use rate::{
 pub use reason::Reason;
 pub use recipient::{
     AddressSet, Directory, RcptDecision, RecipientConfig, RecipientFilter, StaleAction,
+};
+pub use redis::{
+    EXPIRY_SLACK_SECS, RateStoreMetrics, RedisConfig, RedisFailure, RedisRateStore, SharedRateStore,
 };
 pub use sender::{BlankSender, SenderConfig, SenderDecision, SenderFilter};
 pub use stage::{PolicyConfig, PolicyStage};

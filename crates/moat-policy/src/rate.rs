@@ -4,17 +4,16 @@
 //! The counting lives behind [`RateStore`], an object-safe async trait, so the state can be
 //! local ([`MemoryRateStore`]) or shared between nodes.
 //!
-//! # Adding a shared (Redis) backend
+//! # The shared (Redis) backend
 //!
-//! The trait is shaped for one round trip per check. A Redis backend implements
-//! [`RateStore::add`] as a fixed window keyed by [`RateKey::store_key`] and the window
-//! index (`unix_seconds / window_seconds`, so every node agrees on the window given clocks
-//! kept by NTP): `INCRBY key amount` then `EXPIRE key window NX`, sent as one pipeline (or
-//! a small Lua script), returning the count after the increment. It should bound each call
-//! with a short timeout and return [`PolicyError::rate_store`] on timeout or connection
-//! failure. The stage fails open on errors (the transaction goes on,
-//! the error is logged and counted); a wrapper store can instead fall back to a
-//! [`MemoryRateStore`] while Redis is away, so each node keeps enforcing its local limit.
+//! [`crate::RedisRateStore`] implements [`RateStore::add`] as a fixed window keyed by
+//! [`RateKey::store_key`] and the window index (`unix_seconds / window_seconds`, so every
+//! node agrees on the window given clocks kept by NTP): `INCRBY` and `EXPIREAT` in one
+//! `MULTI` round trip, bounded by a short timeout, failing with
+//! [`PolicyError::rate_store`]. The stage fails open on store errors (the transaction goes
+//! on, the error is logged and counted); [`crate::SharedRateStore`], which
+//! [`crate::RedisConfig::build`] makes, instead falls back to a [`MemoryRateStore`] while
+//! Redis is away, so each node keeps enforcing its local limit.
 
 use std::collections::HashMap;
 use std::fmt;
