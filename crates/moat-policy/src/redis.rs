@@ -494,13 +494,12 @@ impl RateStoreMetrics {
     }
 
     fn failure(&self, kind: RedisFailure) {
-        let i = RedisFailure::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(0);
-        if let Some(c) = self.failures.get(i) {
-            c.inc();
-        }
+        let i = match kind {
+            RedisFailure::Timeout => 0,
+            RedisFailure::Connection => 1,
+            RedisFailure::Error => 2,
+        };
+        self.failures[i].inc();
     }
 }
 
@@ -517,7 +516,7 @@ enum Mode {
 #[derive(Debug)]
 struct Health {
     mode: Mode,
-    /// When Redis may be tried again (modes `Starting` and `Local`).
+    /// When Redis may be tried again (mode `Local`).
     next_try: Instant,
 }
 
@@ -845,7 +844,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn starts_local_and_retries_at_most_once_per_interval() {
+    async fn after_a_failure_redis_is_retried_at_most_once_per_interval() {
         // Nothing listens on port 1 of loopback: refused at once.
         let config = RedisConfig {
             url: "redis://127.0.0.1:1/".into(),
