@@ -15,6 +15,8 @@
 //!   ([`RateStoreMetrics`]).
 //! - [`PolicyStage`]: all of the above as one [`moat_core::Stage`], with every reply
 //!   defined in [`Reason::verdict`] and metrics in [`PolicyMetrics`].
+//! - [`AuthConfig`], [`AuthStage`]: SPF, DKIM, DMARC and ARC verification with an
+//!   `Authentication-Results` header and a policy per result; metrics in [`AuthMetrics`].
 //!
 //! List files hold one entry per line; `#` starts a comment. Errors name the file and line.
 //!
@@ -52,6 +54,10 @@ mod redis;
 mod sender;
 mod stage;
 
+pub use auth::{
+    AUTH_RESULTS_HEADER, AuthConfig, AuthMethod, AuthMetrics, AuthReport, AuthResult, AuthStage,
+    DmarcPolicy, DmarcQuarantineAction, DmarcRejectAction, SpfAction,
+};
 pub use dns::DnsConfig;
 pub use error::{ErrorKind, Fault, PolicyError, ReloadOutcome};
 pub use iplist::{
