@@ -17,6 +17,8 @@
 //!   defined in [`Reason::verdict`] and metrics in [`PolicyMetrics`].
 //! - [`AuthConfig`], [`AuthStage`]: SPF, DKIM, DMARC and ARC verification with an
 //!   `Authentication-Results` header and a policy per result; metrics in [`AuthMetrics`].
+//! - [`DnsblConfig`], [`Dnsbl`], [`DnsblStage`]: DNS block and allow lists weighted per
+//!   zone and answer code, refusing at connect or at RCPT; metrics in [`DnsblMetrics`].
 //!
 //! List files hold one entry per line; `#` starts a comment. Errors name the file and line.
 //!
@@ -59,6 +61,10 @@ pub use auth::{
     DmarcPolicy, DmarcQuarantineAction, DmarcRejectAction, SpfAction,
 };
 pub use dns::DnsConfig;
+pub use dnsbl::{
+    Dnsbl, DnsblAction, DnsblConfig, DnsblHit, DnsblMetrics, DnsblOutcome, DnsblStage,
+    DnsblZoneConfig,
+};
 pub use error::{ErrorKind, Fault, PolicyError, ReloadOutcome};
 pub use iplist::{
     IpClass, IpList, IpListSource, IpListStore, IpLists, IpListsConfig, canonical, client_net,

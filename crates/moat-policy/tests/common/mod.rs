@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +62,35 @@ impl Zone {
         let o = client.octets();
         let name = format!("{}.{}.{}.{}.{zone}", o[3], o[2], o[1], o[0]);
         self.a(&name, code)
+    }
+
+    /// A DNSBL listing of an IPv6 `client` in `zone` (reversed nibbles) answering `code`.
+    pub fn listed6(self, zone: &str, client: Ipv6Addr, code: Ipv4Addr) -> Self {
+        let mut name = String::new();
+        for b in client.octets().iter().rev() {
+            name.push_str(&format!("{:x}.{:x}.", b & 0x0f, b >> 4));
+        }
+        self.a(&format!("{name}{zone}"), code)
+    }
+
+    /// Names under `zone` without a record answer NXDOMAIN, as a real list's server does
+    /// (without this, dnsmasq refuses queries it has no record and no upstream for).
+    pub fn nxdomain(mut self, zone: &str) -> Self {
+        self.lines.push(format!("local=/{zone}/"));
+        self
+    }
+
+    /// Serves `zone` authoritatively, as a real list's server does: NXDOMAIN answers carry
+    /// the zone's SOA (negative TTL 60 s), so resolvers cache "not listed" too.
+    pub fn authoritative(mut self, zone: &str) -> Self {
+        self.lines.push(format!("auth-zone={zone}"));
+        self
+    }
+
+    /// Makes dnsmasq log every query it receives, for [`Dns::queries`].
+    pub fn log_queries(mut self) -> Self {
+        self.lines.push("log-queries".into());
+        self
     }
 
     /// A TXT record; long values are split into 255-octet strings as DNS requires.
@@ -127,6 +156,14 @@ impl Dns {
             "cache-size=0".into(),
             format!("pid-file={}", dir.path().join("dnsmasq.pid").display()),
         ];
+        if zone.lines.iter().any(|l| l.starts_with("auth-zone=")) {
+            // Authoritative answers are given on the auth-server address, which dnsmasq then
+            // listens on itself (a listen-address for the same address would clash).
+            conf.retain(|l| !l.starts_with("listen-address="));
+            conf.push("auth-server=ns.moat.test,127.0.0.1".into());
+            conf.push("auth-ttl=300".into());
+            conf.push("auth-soa=1,hostmaster.moat.test,1200,120,604800,60".into());
+        }
         conf.extend(zone.lines.iter().cloned());
         let conf_path = dir.path().join("dnsmasq.conf");
         std::fs::write(&conf_path, conf.join("\n") + "\n").unwrap();
@@ -178,6 +215,21 @@ impl Dns {
     /// The log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    /// How many queries of type `qtype` (`A`, `TXT`, ...) for `name` (no trailing dot) have
+    /// reached the server so far; needs [`Zone::log_queries`].
+    pub fn queries(&self, qtype: &str, name: &str) -> usize {
+        // Recursive queries are logged as `query[A] name`, authoritative ones as `auth[A] name`.
+        let needle = format!("[{qtype}] {} from ", name).to_ascii_lowercase();
+        self.log()
+            .lines()
+            .map(str::to_ascii_lowercase)
+            .filter(|l| {
+                l.find(&needle)
+                    .is_some_and(|i| l[..i].ends_with("query") || l[..i].ends_with("auth"))
+            })
+            .count()
     }
 }
 
