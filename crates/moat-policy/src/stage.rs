@@ -20,6 +20,11 @@ use crate::sender::{SenderConfig, SenderDecision, SenderFilter};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
+    /// Receive connectors the policy stages apply to. Empty: every connector with the `mx`
+    /// role (submission clients authenticate instead).
+    pub connectors: Vec<String>,
+    /// The resolver shared by the DNS lists and message authentication.
+    pub dns: crate::DnsConfig,
     /// IP allow and block lists.
     pub ip_lists: IpListsConfig,
     /// Sender filtering.
@@ -320,6 +325,7 @@ mod tests {
                 stale_action: StaleAction::AcceptAll,
             },
             rate_limits: limits,
+            ..Default::default()
         };
         let clock = ManualClock::new();
         let registry = prometheus::Registry::new();

@@ -73,6 +73,9 @@ pub struct Config {
     pub antivirus: AntivirusSection,
     /// Attachment rules (names, types, true types, archives).
     pub attachments: AttachmentsSection,
+    /// Connection, sender and recipient hygiene (IP and DNS lists, rate limits, SPF, DKIM,
+    /// DMARC, the recipient directory).
+    pub policy: moat_policy::PolicyConfig,
     /// The admin listener (metrics, health, admin calls).
     pub admin: AdminConfig,
     /// Certificate used by every connector that names none itself.
@@ -95,6 +98,7 @@ impl Default for Config {
             filter: FilterSection::default(),
             antivirus: AntivirusSection::default(),
             attachments: AttachmentsSection::default(),
+            policy: moat_policy::PolicyConfig::default(),
             admin: AdminConfig::default(),
             tls: None,
             log: LogConfig::default(),
@@ -577,6 +581,8 @@ pub struct ConnectorConfig {
     pub max_connections: usize,
     /// Simultaneous connections per client address.
     pub max_connections_per_ip: usize,
+    /// Simultaneous connections per client network (/24 for IPv4, /64 for IPv6).
+    pub max_connections_per_net: usize,
     /// Session limits.
     pub limits: LimitsConfig,
 }
@@ -608,6 +614,7 @@ impl Default for ConnectorConfig {
             tls: None,
             max_connections: 2048,
             max_connections_per_ip: 50,
+            max_connections_per_net: 200,
             limits: LimitsConfig::default(),
         }
     }
@@ -637,6 +644,13 @@ pub struct LimitsConfig {
     pub proxy_timeout: Dur,
     /// TLS handshake.
     pub tls_handshake_timeout: Dur,
+    /// Pregreet test: silence kept before the greeting; a client that talks in it gets 554
+    /// 5.5.1. `"0s"`: off.
+    pub pregreet_wait: Dur,
+    /// Tarpit: from this many error replies on, every reply waits `tarpit_delay` (0: off).
+    pub tarpit_after_errors: u32,
+    /// Delay of a tarpitted reply.
+    pub tarpit_delay: Dur,
 }
 
 impl Default for LimitsConfig {
@@ -653,6 +667,9 @@ impl Default for LimitsConfig {
             data_total_timeout: Dur(l.data_total_timeout),
             proxy_timeout: Dur(l.proxy_timeout),
             tls_handshake_timeout: Dur(l.tls_handshake_timeout),
+            pregreet_wait: Dur(l.pregreet_wait),
+            tarpit_after_errors: l.tarpit_after_errors,
+            tarpit_delay: Dur(l.tarpit_delay),
         }
     }
 }
@@ -1108,7 +1125,16 @@ impl Config {
                     err(lp(k), "must be longer than zero".into());
                 }
             }
-            if c.max_connections == 0 || c.max_connections_per_ip == 0 {
+            if limits.pregreet_wait.0 > Duration::from_secs(30) {
+                err(
+                    lp("pregreet_wait"),
+                    "at most 30s: clients give up on a silent server".into(),
+                );
+            }
+            if c.max_connections == 0
+                || c.max_connections_per_ip == 0
+                || c.max_connections_per_net == 0
+            {
                 err(
                     p("max_connections"),
                     "connection limits must be at least 1".into(),
@@ -1126,6 +1152,7 @@ impl Config {
             conn.tls = tls;
             conn.max_connections = c.max_connections;
             conn.max_connections_per_ip = c.max_connections_per_ip;
+            conn.max_connections_per_net = c.max_connections_per_net;
             conn.limits = Limits {
                 max_line_length: limits.max_line_length,
                 max_message_size: limits.max_message_size,
@@ -1137,6 +1164,9 @@ impl Config {
                 data_total_timeout: limits.data_total_timeout.0,
                 proxy_timeout: limits.proxy_timeout.0,
                 tls_handshake_timeout: limits.tls_handshake_timeout.0,
+                pregreet_wait: limits.pregreet_wait.0,
+                tarpit_after_errors: limits.tarpit_after_errors,
+                tarpit_delay: limits.tarpit_delay.0,
             };
             connectors.push(conn);
         }
@@ -1297,7 +1327,40 @@ impl Config {
                 }]);
             }
         }
+        let mut policy = self.policy.clone();
+        for name in &policy.connectors {
+            if !self.connector.iter().any(|c| &c.name == name) {
+                return Err(vec![ConfigError {
+                    line: source.line_of("policy.connectors"),
+                    path: "policy.connectors".into(),
+                    message: format!("no connector is named {name:?}"),
+                }]);
+            }
+        }
+        if policy.connectors.is_empty() {
+            policy.connectors = self
+                .connector
+                .iter()
+                .filter(|c| matches!(c.role, RoleConfig::Mx))
+                .map(|c| c.name.clone())
+                .collect();
+        }
+        if policy.recipients.accepted_domains.is_empty() {
+            policy.recipients.accepted_domains = accepted.clone();
+        }
+        // Reads the list files: a broken entry is reported with its file and line now.
+        if let Err(e) = policy.build(
+            std::sync::Arc::new(moat_policy::MemoryRateStore::new(1)),
+            moat_policy::PolicyMetrics::unregistered(),
+        ) {
+            return Err(vec![ConfigError {
+                line: source.line_of("policy"),
+                path: "policy".into(),
+                message: e.to_string(),
+            }]);
+        }
         Ok(Runtime {
+            policy,
             antivirus: av.enabled.then(|| av.clone()),
             attachments: self.attachments.enabled.then(|| self.attachments.clone()),
             filter,
@@ -1343,6 +1406,9 @@ pub struct Runtime {
     pub log_level: String,
     /// Some connector uses the generated self-signed certificate.
     pub self_signed: bool,
+    /// Connection, sender and recipient hygiene; `connectors` and the accepted domains
+    /// resolved.
+    pub policy: moat_policy::PolicyConfig,
 }
 
 fn parse_range(s: &str) -> Option<IpNet> {

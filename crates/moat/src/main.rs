@@ -12,6 +12,7 @@ mod av;
 mod config;
 mod filter;
 mod node;
+mod policy;
 
 use config::{Config, ConfigError};
 

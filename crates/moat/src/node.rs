@@ -41,8 +41,13 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
     let relay = moat_relay::Relay::new(queue.clone(), rt.relay.clone(), relay_metrics)
         .context("starting the relay")?;
     let (trigger, shutdown) = ShutdownTrigger::new();
-    // Stages in order of cost: attachment rules, antivirus, then the content filter.
+    // Stages in order of cost: connection, sender and recipient policy (decided before
+    // DATA), attachment rules, antivirus, then the content filter.
     let mut stages: Vec<Arc<dyn moat_core::Stage>> = Vec::new();
+    let policy = Arc::new(
+        crate::policy::Policy::start(&rt.policy, admin.registry(), shutdown.clone()).await?,
+    );
+    stages.extend(policy.stages.iter().cloned());
     let av_metrics = if rt.antivirus.is_some() || rt.attachments.is_some() {
         Some(moat_av::AvMetrics::new(admin.registry()).context("registering antivirus metrics")?)
     } else {
@@ -83,16 +88,22 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
                     .context("watching the rules folder")?,
             );
         }
-        let mut hup = signal(SignalKind::hangup())?;
-        let on_hup = r.clone();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                on_hup.request(filter::Trigger::Signal);
-            }
-        });
         stages.push(Arc::new(filter::FilterStage::new(store, f.config, metrics)));
         reloader = Some(r);
     }
+
+    // SIGHUP: one reload of everything loaded from files (rule packs, policy lists).
+    let mut hup = signal(SignalKind::hangup())?;
+    let on_hup = (reloader.clone(), policy.clone());
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Some(r) = &on_hup.0 {
+                r.request(filter::Trigger::Signal);
+            }
+            let p = on_hup.1.clone();
+            let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+        }
+    });
 
     let token = admin::load_or_create_token(&rt.admin_token_file)
         .with_context(|| format!("admin token file {}", rt.admin_token_file.display()))?;
