@@ -33,6 +33,12 @@ pub struct PolicyConfig {
     pub recipients: RecipientConfig,
     /// Rate limits per client address and network.
     pub rate_limits: RateLimitsConfig,
+    /// Where rate counts live when several nodes share them; none: in this node's memory.
+    pub redis: Option<crate::RedisConfig>,
+    /// DNS block and allow lists (no zones: no lookups).
+    pub dnsbl: crate::DnsblConfig,
+    /// SPF, DKIM, DMARC and ARC; off unless the section is present.
+    pub auth: Option<crate::AuthConfig>,
 }
 
 impl PolicyConfig {
@@ -47,18 +53,31 @@ impl PolicyConfig {
         let sender = SenderFilter::new(&self.sender);
         let recipients = RecipientFilter::new(&self.recipients);
         let limiter = RateLimiter::new(self.rate_limits.clone(), store);
+        // The DNS lists, authentication and Redis are built by the node over its resolver
+        // and registry; their settings are checked here so one call reports everything.
+        let others: Vec<PolicyError> = [
+            self.dnsbl.validate().err(),
+            self.auth.as_ref().and_then(|a| a.validate().err()),
+            self.redis.as_ref().and_then(|r| r.validate().err()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         match (ip_lists, sender, recipients, limiter) {
-            (Ok(ip_lists), Ok(sender), Ok(recipients), Ok(limiter)) => Ok(PolicyStage {
-                ip_lists: Arc::new(ip_lists),
-                sender,
-                recipients: Arc::new(recipients),
-                limiter,
-                metrics,
-            }),
+            (Ok(ip_lists), Ok(sender), Ok(recipients), Ok(limiter)) if others.is_empty() => {
+                Ok(PolicyStage {
+                    ip_lists: Arc::new(ip_lists),
+                    sender,
+                    recipients: Arc::new(recipients),
+                    limiter,
+                    metrics,
+                })
+            }
             (a, b, c, d) => {
                 let errors: Vec<PolicyError> = [a.err(), b.err(), c.err(), d.err()]
                     .into_iter()
                     .flatten()
+                    .chain(others)
                     .collect();
                 Err(join(errors))
             }

@@ -45,7 +45,8 @@ pub async fn run(rt: Runtime) -> anyhow::Result<()> {
     // DATA), attachment rules, antivirus, then the content filter.
     let mut stages: Vec<Arc<dyn moat_core::Stage>> = Vec::new();
     let policy = Arc::new(
-        crate::policy::Policy::start(&rt.policy, admin.registry(), shutdown.clone()).await?,
+        crate::policy::Policy::start(&rt.policy, &rt.hostname, admin.registry(), shutdown.clone())
+            .await?,
     );
     stages.extend(policy.stages.iter().cloned());
     let av_metrics = if rt.antivirus.is_some() || rt.attachments.is_some() {

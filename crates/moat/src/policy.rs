@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use moat_core::{PerConnector, Shutdown, Stage};
-use moat_policy::{MemoryRateStore, PolicyConfig, PolicyMetrics, PolicyStage, RateStore};
+use moat_policy::{
+    AuthMetrics, DnsblMetrics, DnsblStage, MemoryRateStore, PolicyConfig, PolicyMetrics,
+    PolicyStage, RateStore, RateStoreMetrics,
+};
 use prometheus::Registry;
 
 /// Rate-limit keys the local store keeps at most.
@@ -29,11 +32,22 @@ impl Policy {
     /// Builds the stages, starts the list watchers and the directory-age refresh.
     pub async fn start(
         cfg: &PolicyConfig,
+        hostname: &str,
         registry: &Registry,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let metrics = PolicyMetrics::new(registry).context("registering policy metrics")?;
-        let store: Arc<dyn RateStore> = Arc::new(MemoryRateStore::new(LOCAL_RATE_KEYS));
+        // Rate counts: shared in Redis when configured (falling back to local counts while
+        // it is away), else in this node's memory.
+        let store: Arc<dyn RateStore> = match &cfg.redis {
+            Some(redis) => {
+                let m =
+                    RateStoreMetrics::new(registry).context("registering rate store metrics")?;
+                tracing::info!(redis = ?redis, "rate limits shared through Redis");
+                redis.build(m).context("policy.redis")?
+            }
+            None => Arc::new(MemoryRateStore::new(LOCAL_RATE_KEYS)),
+        };
         let lists = Arc::new(
             cfg.build(store, metrics)
                 .context("building the policy stage")?,
@@ -45,7 +59,27 @@ impl Policy {
             }
             Arc::new(routed)
         };
-        let stages = vec![route(lists.clone(), "policy")];
+        let mut stages = vec![route(lists.clone(), "policy")];
+
+        // One resolver for the DNS lists and message authentication, with one TTL cache.
+        let needs_dns = !cfg.dnsbl.zones.is_empty() || cfg.auth.as_ref().is_some_and(|a| a.enabled);
+        if needs_dns {
+            let resolver = cfg.dns.resolver().context("policy.dns")?;
+            if !cfg.dnsbl.zones.is_empty() {
+                let m = DnsblMetrics::new(registry).context("registering DNS list metrics")?;
+                let dnsbl = cfg
+                    .dnsbl
+                    .build(resolver.clone(), &cfg.dns, m)
+                    .context("policy.dnsbl")?;
+                let stage = DnsblStage::new(dnsbl, cfg.dnsbl.action, lists.ip_lists().clone());
+                stages.push(route(Arc::new(stage), "dnsbl"));
+            }
+            if let Some(auth) = cfg.auth.as_ref().filter(|a| a.enabled) {
+                let m = AuthMetrics::new(registry).context("registering authentication metrics")?;
+                let stage = auth.build(resolver, hostname, m).context("policy.auth")?;
+                stages.push(route(Arc::new(stage), "auth"));
+            }
+        }
 
         let mut watches = Vec::new();
         for dir in list_folders(cfg) {
