@@ -199,3 +199,31 @@ fn connections_per_client_network_are_limited() {
     .reply()
     .starts_with("220")));
 }
+
+#[test]
+fn check_config_names_the_file_and_line_of_a_broken_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let block = dir.path().join("block.txt");
+    std::fs::write(&block, "192.0.2.1\n192.0.2.300\n").unwrap();
+    let config = dir.path().join("moat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy.ip_lists.block]\nfiles = [\"{}\"]\n[policy.dnsbl]\nthreshold = 0\n",
+            block.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("block.txt:2"), "{err}");
+    assert!(
+        err.contains("policy.dnsbl.threshold"),
+        "every problem at once: {err}"
+    );
+}
