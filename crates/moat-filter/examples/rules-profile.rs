@@ -31,10 +31,11 @@ fn main() {
     let rules = moat_rules::compile_str(&report.pack, &options).unwrap();
     for s in rules.stats() {
         println!(
-            "{:<24} patterns {:>5} factored {:>5} set {:>4}",
+            "{:<24} patterns {:>5} factored {:>5} rare-byte {:>4} set {:>4}",
             s.target.to_string(),
             s.patterns,
             s.factored_regexes,
+            s.byte_filtered_regexes,
             s.set_regexes
         );
     }

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use rayon::prelude::*;
-use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::meta as ra;
 
 use crate::error::{Error, Problem, Step};
 use crate::loader::{LoadedPack, line_of};
 use crate::meta::{self, Expr, NameRef};
+use crate::reach::{RareBytes, Reach};
 use crate::schema::{TestDef, Thresholds};
 use crate::target::Target;
 use crate::{factor, packtest};
@@ -102,7 +104,10 @@ pub struct TargetStats {
     pub patterns: usize,
     /// Regexes run only where one of their factors was found.
     pub factored_regexes: usize,
-    /// Regexes without a usable factor, run as a set.
+    /// Regexes without a usable factor but with a rare byte every match contains, run
+    /// only around occurrences of that byte.
+    pub byte_filtered_regexes: usize,
+    /// Regexes with neither, run as a set.
     pub set_regexes: usize,
 }
 
@@ -124,7 +129,13 @@ pub(crate) enum Consumer {
 #[derive(Debug, Clone)]
 pub(crate) struct RegexRule {
     pub(crate) rule: usize,
-    pub(crate) re: Arc<Regex>,
+    /// Built as `regex::bytes::Regex` builds it; used directly for searches of a window of
+    /// a value that still see the whole value for look-around.
+    pub(crate) re: ra::Regex,
+    /// The pattern as compiled, for diagnostics.
+    pub(crate) pattern: Arc<str>,
+    /// Where its matches can lie around a factor it must contain.
+    pub(crate) reach: Reach,
 }
 
 /// One way for a factored regex to become a candidate: all of its factor sets found.
@@ -148,7 +159,9 @@ pub(crate) struct TargetMatcher {
     /// Regexes with factors, run only on values where one of their clauses is complete.
     pub(crate) factored: Vec<RegexRule>,
     pub(crate) clauses: Vec<Clause>,
-    /// Regexes without a usable factor, run in small sets.
+    /// Regexes without a usable factor, run only around the rare bytes they contain.
+    pub(crate) byte_filtered: Vec<(RareBytes, RegexRule)>,
+    /// Regexes with neither, run in small sets.
     pub(crate) sets: Vec<(RegexSet, Vec<RegexRule>)>,
 }
 
@@ -221,6 +234,7 @@ impl CompiledRules {
                 target: m.target.clone(),
                 patterns: m.consumers.len(),
                 factored_regexes: m.factored.len(),
+                byte_filtered_regexes: m.byte_filtered.len(),
                 set_regexes: m.sets.iter().map(|s| s.1.len()).sum(),
             })
             .collect()
@@ -559,12 +573,17 @@ pub(crate) fn compile(
                             word: *word,
                         },
                     ),
-                    (Entry::Regex { pattern }, Some((re, factors))) => {
+                    (Entry::Regex { pattern }, Some(c)) => {
+                        let factors = &c.clauses;
                         let rr = RegexRule {
                             rule: p.global,
-                            re: re.clone(),
+                            re: c.re.clone(),
+                            pattern: c.pattern.clone(),
+                            reach: c.reach.clone(),
                         };
-                        if factors.is_empty() {
+                        if let Some(rare) = &c.rare {
+                            tb.byte_filtered.push((rare.clone(), rr));
+                        } else if factors.is_empty() {
                             tb.set_patterns.push(effective(pattern, p.case_sensitive));
                             tb.set_rules.push(rr);
                         } else {
@@ -665,8 +684,41 @@ fn effective(pattern: &str, case_sensitive: bool) -> String {
     }
 }
 
-/// A regex and its prefilter clauses (empty: no usable factor).
-type CompiledRegex = (Arc<Regex>, Vec<Vec<Vec<Vec<u8>>>>);
+/// A regex, its prefilter clauses (empty: no usable factor) and its reach.
+struct CompiledRegex {
+    re: ra::Regex,
+    pattern: Arc<str>,
+    clauses: Vec<Vec<Vec<Vec<u8>>>>,
+    reach: Reach,
+    /// Only for regexes without clauses.
+    rare: Option<RareBytes>,
+}
+
+/// Builds `pattern` exactly as `regex::bytes::RegexBuilder` does (leftmost-first, bytes
+/// syntax, empty matches may split UTF-8), with the configured size limits.
+fn build_meta(pattern: &str, opts: &CompileOptions) -> Result<ra::Regex, String> {
+    let config = ra::Config::new()
+        .match_kind(regex_automata::MatchKind::LeftmostFirst)
+        .utf8_empty(false)
+        .nfa_size_limit(Some(opts.regex_size_limit))
+        .hybrid_cache_capacity(opts.dfa_size_limit);
+    ra::Builder::new()
+        .configure(config)
+        .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+        .build(pattern)
+        .map_err(|e| {
+            // The regex crate words its errors for people; use its message when it has one.
+            let msg = match RegexBuilder::new(pattern)
+                .size_limit(opts.regex_size_limit)
+                .dfa_size_limit(opts.dfa_size_limit)
+                .build()
+            {
+                Err(re) => re.to_string(),
+                Ok(_) => e.to_string(),
+            };
+            format!("bad regex: {}", one_line(&msg))
+        })
+}
 
 fn compile_regex(
     pattern: &str,
@@ -674,18 +726,25 @@ fn compile_regex(
     opts: &CompileOptions,
 ) -> Result<CompiledRegex, String> {
     let eff = effective(pattern, case_sensitive);
-    let re = RegexBuilder::new(&eff)
-        .size_limit(opts.regex_size_limit)
-        .dfa_size_limit(opts.dfa_size_limit)
-        .build()
-        .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
+    let re = build_meta(&eff, opts)?;
     let hir = regex_syntax::ParserBuilder::new()
         .utf8(false)
         .build()
         .parse(&eff)
         .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
-    let c = factor::clauses(&hir);
-    Ok((Arc::new(re), c))
+    let clauses = factor::clauses(&hir);
+    let rare = if clauses.is_empty() {
+        RareBytes::of(&hir)
+    } else {
+        None
+    };
+    Ok(CompiledRegex {
+        re,
+        pattern: Arc::from(eff),
+        clauses,
+        reach: Reach::of(&hir),
+        rare,
+    })
 }
 
 fn one_line(s: &str) -> String {
@@ -699,6 +758,7 @@ struct TargetBuild {
     consumers: Vec<Vec<Consumer>>,
     factored: Vec<RegexRule>,
     clauses: Vec<Clause>,
+    byte_filtered: Vec<(RareBytes, RegexRule)>,
     set_patterns: Vec<String>,
     set_rules: Vec<RegexRule>,
 }
@@ -766,6 +826,7 @@ impl TargetBuild {
             patterns: self.patterns,
             factored: self.factored,
             clauses: self.clauses,
+            byte_filtered: self.byte_filtered,
             sets,
         })
     }

@@ -50,6 +50,7 @@ pub mod import;
 mod loader;
 mod meta;
 mod packtest;
+mod reach;
 mod scan;
 pub mod schema;
 mod store;

@@ -1,9 +1,10 @@
 //! Scanning extracted targets with a [`CompiledRules`]: one automaton pass per target value,
 //! candidate regexes, the regex sets, then meta rules, scores and verdicts.
 
+use regex_automata::{Input, meta};
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{CompiledRules, Consumer, RuleKind, TargetMatcher};
+use crate::compile::{CompiledRules, Consumer, RegexRule, RuleKind, TargetMatcher};
 use crate::schema::Thresholds;
 use crate::target::{Target, Targets};
 
@@ -126,6 +127,9 @@ struct Scratch {
     /// Per factored regex: the value number it was queued for.
     queued: Vec<u64>,
     candidates: Vec<usize>,
+    /// Factor occurrences in the current value: (factored regex, start, end).
+    factor_hits: Vec<(usize, usize, usize)>,
+    spans: Vec<(usize, usize)>,
     value_no: u64,
 }
 
@@ -147,15 +151,114 @@ const MAX_REGEX_MATCHES: usize = 1000;
 /// Counts the matches of `re` in `value` (the first one's text is kept). Only regexes the
 /// prefilter let through get here, and counting past the first match happens only for
 /// those that match.
-fn record_regex(re: &regex::bytes::Regex, value: &[u8], state: &mut RuleState, mi: usize) {
+fn record_regex(re: &meta::Regex, value: &[u8], state: &mut RuleState, mi: usize) {
     let mut it = re.find_iter(value);
     if let Some(first) = it.next() {
         let n = 1 + it.take(MAX_REGEX_MATCHES - 1).count();
-        record(state, mi, first.as_bytes(), n as u32);
+        record(state, mi, &value[first.range()], n as u32);
+    }
+}
+
+/// Counts the matches of a factored regex in `value` by searching only the windows around
+/// its factor occurrences `hits` (sorted by start), with the same result as
+/// [`record_regex`] over the whole value:
+///
+/// - every match contains an occurrence of a factor, and lies inside that occurrence's
+///   window ([`crate::reach::Reach::window`]); overlapping windows are merged, so each
+///   match lies inside one merged window;
+/// - a search of a window sees the whole value for look-around (`^`, `$`, `\b`), so it
+///   finds only real matches, and from any position in a window the leftmost-first match
+///   found is the one a search of the whole value finds (its candidates all lie inside the
+///   window too);
+/// - between windows there is no match, so the non-overlapping iteration over the whole
+///   value visits the same matches in the same order.
+fn search_windows(
+    rr: &RegexRule,
+    value: &[u8],
+    hits: &[(usize, usize)],
+    state: &mut RuleState,
+    mi: usize,
+) {
+    if rr.reach.is_whole() {
+        return record_regex(&rr.re, value, state, mi);
+    }
+    let mut count = 0usize;
+    let mut first: Option<(usize, usize)> = None;
+    let mut search = |lo: usize, hi: usize, count: &mut usize| {
+        if *count >= MAX_REGEX_MATCHES {
+            return;
+        }
+        for m in rr.re.find_iter(Input::new(value).range(lo..hi)) {
+            first.get_or_insert((m.start(), m.end()));
+            *count += 1;
+            if *count >= MAX_REGEX_MATCHES {
+                break;
+            }
+        }
+    };
+    let mut cur: Option<crate::reach::Window> = None;
+    for &(start, end) in hits {
+        if let Some(w) = cur
+            && w.closed
+            && start >= w.start
+            && end <= w.end
+        {
+            // Inside a window bounded by bytes no match can contain: nothing new.
+            continue;
+        }
+        let w = rr.reach.window(value, start, end);
+        cur = Some(match cur {
+            Some(c) if w.start <= c.end => crate::reach::Window {
+                start: c.start.min(w.start),
+                end: c.end.max(w.end),
+                closed: c.closed && w.closed,
+            },
+            Some(c) => {
+                search(c.start, c.end, &mut count);
+                w
+            }
+            None => w,
+        });
+    }
+    if let Some(c) = cur {
+        search(c.start, c.end, &mut count);
+    }
+    if let Some((s, e)) = first {
+        record(state, mi, &value[s..e], count as u32);
     }
 }
 
 impl TargetMatcher {
+    /// The reference for the fast path: literals through the automaton, but every regex of
+    /// the target run over the whole value, with no factor, window or set.
+    fn scan_value_reference(&self, mi: usize, value: &[u8], s: &mut Scratch) {
+        if let Some(ac) = &self.ac {
+            for m in ac.find_overlapping_iter(value) {
+                let span = &value[m.start()..m.end()];
+                for c in &self.consumers[m.pattern().as_usize()] {
+                    if let Consumer::Literal { rule, exact, word } = c {
+                        if exact.as_deref().is_some_and(|e| e != span) {
+                            continue;
+                        }
+                        if *word {
+                            let before = m.start().checked_sub(1).map(|i| value[i]);
+                            let after = value.get(m.end()).copied();
+                            if before.is_some_and(is_word_byte) || after.is_some_and(is_word_byte) {
+                                continue;
+                            }
+                        }
+                        record(&mut s.state[*rule], mi, span, 1);
+                    }
+                }
+            }
+        }
+        let set_members = self.sets.iter().flat_map(|(_, members)| members);
+        let byte_filtered = self.byte_filtered.iter().map(|(_, rr)| rr);
+        for rr in self.factored.iter().chain(byte_filtered).chain(set_members) {
+            record_regex(&rr.re, value, &mut s.state[rr.rule], mi);
+        }
+    }
+
     fn scan_value(&self, mi: usize, value: &[u8], s: &mut Scratch) {
         s.value_no += 1;
         s.candidates.clear();
@@ -187,6 +290,7 @@ impl TargetMatcher {
                             }
                             s.mask[c] |= 1 << bit;
                             let cl = self.clauses[c];
+                            s.factor_hits.push((cl.regex, m.start(), m.end()));
                             if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
                                 s.queued[cl.regex] = s.value_no;
                                 s.candidates.push(cl.regex);
@@ -196,9 +300,29 @@ impl TargetMatcher {
                 }
             }
         }
-        for &idx in &s.candidates {
-            let rr = &self.factored[idx];
-            record_regex(&rr.re, value, &mut s.state[rr.rule], mi);
+        if !s.candidates.is_empty() {
+            // Occurrences of the candidates' factors, grouped per regex in value order.
+            let (queued, no) = (&s.queued, s.value_no);
+            s.factor_hits.retain(|h| queued[h.0] == no);
+            s.factor_hits.sort_unstable();
+            s.factor_hits.dedup();
+            let mut rest = &s.factor_hits[..];
+            while let Some(&(idx, _, _)) = rest.first() {
+                let n = rest.iter().take_while(|h| h.0 == idx).count();
+                s.spans.clear();
+                s.spans.extend(rest[..n].iter().map(|h| (h.1, h.2)));
+                rest = &rest[n..];
+                let rr = &self.factored[idx];
+                search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+            }
+        }
+        s.factor_hits.clear();
+        for (rare, rr) in &self.byte_filtered {
+            s.spans.clear();
+            rare.for_each(value, |i| s.spans.push((i, i + 1)));
+            if !s.spans.is_empty() {
+                search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+            }
         }
         for (set, members) in &self.sets {
             for i in set.matches(value).iter() {
@@ -212,12 +336,26 @@ impl TargetMatcher {
 impl CompiledRules {
     /// Scans the targets of one message with every pack's thresholds.
     pub fn scan(&self, targets: &Targets<'_>) -> ScanResult {
+        self.scan_with(targets, false)
+    }
+
+    /// Scans like [`CompiledRules::scan`] but runs every regex over every whole value of
+    /// its targets, without factors, windows or regex sets: slow, and the reference the
+    /// fast path must agree with exactly (hits, counts and matched text). For tests.
+    #[doc(hidden)]
+    pub fn scan_reference(&self, targets: &Targets<'_>) -> ScanResult {
+        self.scan_with(targets, true)
+    }
+
+    fn scan_with(&self, targets: &Targets<'_>, reference: bool) -> ScanResult {
         let mut s = Scratch {
             state: vec![RuleState::default(); self.rules.len()],
             stamp: Vec::new(),
             mask: Vec::new(),
             queued: Vec::new(),
             candidates: Vec::new(),
+            factor_hits: Vec::new(),
+            spans: Vec::new(),
             value_no: 0,
         };
         for (mi, m) in self.matchers.iter().enumerate() {
@@ -227,7 +365,11 @@ impl CompiledRules {
             s.mask.resize(m.clauses.len(), 0);
             s.queued.clear();
             s.queued.resize(m.factored.len(), 0);
-            targets.for_each_value(&m.target, |v| m.scan_value(mi, v, &mut s));
+            if reference {
+                targets.for_each_value(&m.target, |v| m.scan_value_reference(mi, v, &mut s));
+            } else {
+                targets.for_each_value(&m.target, |v| m.scan_value(mi, v, &mut s));
+            }
         }
         let mut counts: Vec<u32> = s.state.iter().map(|r| r.count).collect();
         for (rule, expr) in &self.metas {
@@ -386,8 +528,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
             let _ = writeln!(
                 out,
                 "    {d:>10.3?} alone: {} {}",
-                rules.rules[r.rule].id,
-                r.re.as_str()
+                rules.rules[r.rule].id, r.pattern
             );
         }
         let mut worst: Vec<(u64, usize)> = wasted.iter().copied().zip(0..).collect();
@@ -397,8 +538,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
             let _ = writeln!(
                 out,
                 "    {w:>6} wasted runs: {} {}",
-                rules.rules[r.rule].id,
-                r.re.as_str()
+                rules.rules[r.rule].id, r.pattern
             );
         }
     }

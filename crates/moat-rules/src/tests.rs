@@ -525,6 +525,16 @@ fn prefilter_agrees_with_plain_regex() {
         r"(?m)^lottery$",
         r"prize.{0,3}\z",
         r"claim(?:ed)? (?:now|today)\b",
+        // Windows around overlapping factor occurrences; matches counted without overlap.
+        r"xxxx",
+        r"(?m)^\w{0,5}money\b",
+        r"\bfree\W{0,3}money\W{0,3}now",
+        r"money.{0,10}$",
+        r"(?m)money.{0,10}$",
+        r"\w+@\w+\.example",
+        // No literal factor: run around the rare bytes `@`, `%` and `$`.
+        r"\b[a-z]{2,5}@[a-z]{2,5}\b",
+        r"\d+%|\$\d+",
     ];
     let texts: &[&[u8]] = &[
         b"please reset your  PASSWORD now",
@@ -555,6 +565,12 @@ fn prefilter_agrees_with_plain_regex() {
         b"prize!!!!\n",
         b"claimed todays claim now",
         b"claim todayx",
+        b"xxxxxxxxxx",
+        b"bigmoney\nmoney moneymoney\nsomemoney, money",
+        b"free - money !! now free money now freemoney now",
+        b"money back\nmoney\nmoney is here",
+        b"a@b.example and cc@dd.example\nee@ff.example",
+        b"ab@cd xyzzyq@ab a@b 50% off $25 or $1%",
     ];
     let mut src = String::new();
     for (i, re) in regexes.iter().enumerate() {
@@ -567,6 +583,13 @@ fn prefilter_agrees_with_plain_regex() {
         let mut t = Targets::new();
         t.push(Field::Body, text.to_vec());
         let r = compiled.scan(&t);
+        // Same hits, counts and matched text as every regex over the whole value.
+        assert_eq!(
+            r,
+            compiled.scan_reference(&t),
+            "{:?}",
+            String::from_utf8_lossy(text)
+        );
         for (i, re) in regexes.iter().enumerate() {
             let direct = regex::bytes::Regex::new(&format!("(?i){re}"))
                 .unwrap()
