@@ -3,8 +3,10 @@
 //! A rules folder holds pack files (`*.toml`, format in `rules/README.md`). [`load`] reads
 //! and compiles them into an immutable [`CompiledRules`]: per [`Target`], one aho-corasick
 //! automaton over every literal, every word and the required literal factors of every regex;
-//! a regex runs only on values where one of its factors was found, and regexes without a
-//! usable factor run together in a `RegexSet`. Meta rules combine other rules' hits.
+//! a regex runs only on values where one of its factors was found, and there only in the
+//! windows around the factor's occurrences that a match can reach. Regexes without a usable
+//! factor run around a rare byte every match contains, or, without one, together in a
+//! `RegexSet`. Meta rules combine other rules' hits.
 //! [`RuleStore`] keeps the active snapshot in an `ArcSwap` and has one reload path
 //! (load → compile → run the packs' tests → swap).
 //!
