@@ -215,9 +215,9 @@ mod tests {
             _env: &'a Envelope,
             _rcpt: &'a str,
         ) -> StageFuture<'a> {
-            Box::pin(async move {
-                Verdict::Reject(Reply::new(550, Enhanced::new(5, 7, 1), self.0))
-            })
+            Box::pin(
+                async move { Verdict::Reject(Reply::new(550, Enhanced::new(5, 7, 1), self.0)) },
+            )
         }
     }
 
@@ -247,7 +247,11 @@ mod tests {
             .with("partners", Some(Arc::new(Refuse("partners"))));
         let text = |v: Verdict| v.refusal().map(|r| r.to_string());
         assert!(text(rcpt(&stage, "mx").await).unwrap().contains("default"));
-        assert!(text(rcpt(&stage, "partners").await).unwrap().contains("partners"));
+        assert!(
+            text(rcpt(&stage, "partners").await)
+                .unwrap()
+                .contains("partners")
+        );
         assert_eq!(rcpt(&stage, "submission").await, Verdict::Continue);
         let none = PerConnector::new("av", None);
         assert_eq!(rcpt(&none, "mx").await, Verdict::Continue);
