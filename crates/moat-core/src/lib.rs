@@ -16,12 +16,14 @@
 //! ```
 
 mod envelope;
+mod net;
 mod reply;
 mod shutdown;
 mod stage;
 mod store;
 
 pub use envelope::{Envelope, SessionInfo, TlsInfo};
+pub use net::{canonical, client_net};
 pub use reply::{Enhanced, Reply};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use stage::{PerConnector, Phase, Stage, StageFuture, Verdict};

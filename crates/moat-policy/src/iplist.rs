@@ -1,15 +1,17 @@
 //! IP allow and block lists: addresses and CIDR ranges, compiled into sorted, merged
 //! ranges searched by binary search, held in an [`ArcSwap`] snapshot.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 use crate::error::{PolicyError, ReloadOutcome, entries, file_name, read_list_file};
+
+pub use moat_core::{canonical, client_net};
 
 /// Where one list's entries come from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -140,17 +142,6 @@ impl IpList {
     }
 }
 
-/// An IPv4-mapped IPv6 address as its IPv4 address; anything else unchanged.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
-
 fn merge<T: Ord + Copy + Bounded>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
     ranges.sort_unstable();
     let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
@@ -261,23 +252,6 @@ impl IpListStore {
         }
         self.current.store(Arc::new(lists));
         Ok(ReloadOutcome::Applied)
-    }
-}
-
-/// The per-network rate-limit key of an address: its /24 for IPv4 (mapped addresses
-/// included), its /64 for IPv6.
-pub fn client_net(ip: IpAddr) -> IpNet {
-    match canonical(ip) {
-        IpAddr::V4(a) => IpNet::V4(
-            Ipv4Net::new(a, 24)
-                .map(|n| n.trunc())
-                .unwrap_or_else(|_| Ipv4Net::from(Ipv4Addr::UNSPECIFIED)),
-        ),
-        IpAddr::V6(a) => IpNet::V6(
-            Ipv6Net::new(a, 64)
-                .map(|n| n.trunc())
-                .unwrap_or_else(|_| Ipv6Net::from(Ipv6Addr::UNSPECIFIED)),
-        ),
     }
 }
 

@@ -109,9 +109,6 @@ impl Connector {
 
 /// Whether `ip` is in any of `nets`; IPv4-mapped IPv6 addresses match IPv4 ranges.
 pub fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = moat_core::canonical(ip);
     nets.iter().any(|n| n.contains(&ip))
 }

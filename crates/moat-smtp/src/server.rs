@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use moat_core::{Reply, SessionInfo, Shutdown};
+use ipnet::IpNet;
+use moat_core::{Reply, SessionInfo, Shutdown, client_net};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -26,28 +27,10 @@ use crate::session::{ServerContext, Session};
 struct Counts {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-    per_net: HashMap<IpAddr, usize>,
+    per_net: HashMap<IpNet, usize>,
 }
 
-/// The network a client address counts in: its /24 (IPv4, IPv4-mapped IPv6 included) or
-/// its /64 (IPv6).
-pub fn client_network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            IpAddr::from([a, b, c, 0])
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => client_network(IpAddr::V4(v4)),
-            None => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-        },
-    }
-}
-
-fn release(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+fn release<K: Eq + std::hash::Hash>(map: &mut HashMap<K, usize>, key: K) {
     if let Some(n) = map.get_mut(&key) {
         *n -= 1;
         if *n == 0 {
@@ -68,7 +51,7 @@ impl Drop for Slot {
         c.total -= 1;
         if let Some(ip) = self.ip {
             release(&mut c.per_ip, ip);
-            release(&mut c.per_net, client_network(ip));
+            release(&mut c.per_net, client_net(ip));
         }
     }
 }
@@ -186,7 +169,7 @@ impl ConnectionTask {
             let n = c.per_ip.entry(ip).or_insert(0);
             *n += 1;
             let per_ip = *n;
-            let n = c.per_net.entry(client_network(ip)).or_insert(0);
+            let n = c.per_net.entry(client_net(ip)).or_insert(0);
             *n += 1;
             slot.ip = Some(ip);
             (per_ip, *n)
@@ -247,17 +230,4 @@ async fn refuse(stream: &mut TcpStream, reply: Reply) {
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_networks_are_slash_24_and_slash_64() {
-        let net = |s: &str| client_network(s.parse().unwrap()).to_string();
-        assert_eq!(net("192.0.2.77"), "192.0.2.0");
-        assert_eq!(net("::ffff:192.0.2.77"), "192.0.2.0");
-        assert_eq!(net("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
-    }
 }
