@@ -832,16 +832,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if wait.is_zero() {
             return self.ask_stages(Phase::Connect).await;
         }
-        let started = Instant::now();
-        let (stages, info) = (&self.ctx.stages, &self.info);
-        let ask = async {
-            for stage in stages {
-                if let Some(r) = stage.connect(info).await.refusal() {
-                    return Some(r.clone());
-                }
-            }
-            None
-        };
+        let ask = ask_stages(
+            &self.ctx.stages,
+            &self.metrics,
+            &self.info,
+            &self.env,
+            Phase::Connect,
+        );
         let stream = &mut self.stream;
         let listen = async {
             // Any octet from the client inside the wait fails the test; what it said is
@@ -853,10 +850,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         let (refusal, spoke) = tokio::join!(ask, listen);
-        self.metrics
-            .stages()
-            .connect
-            .observe(started.elapsed().as_secs_f64());
         if refusal.is_some() {
             return refusal;
         }
@@ -868,33 +861,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         None
     }
 
-    async fn ask_stages(&mut self, phase: Phase) -> Option<Reply> {
-        if self.ctx.stages.is_empty() {
-            return None;
-        }
-        let started = Instant::now();
-        let mut refusal = None;
-        for stage in &self.ctx.stages {
-            let verdict = match phase {
-                Phase::Connect => stage.connect(&self.info).await,
-                Phase::Helo => stage.helo(&self.info).await,
-                Phase::Mail => stage.mail(&self.info, &self.env).await,
-                // RCPT and DATA carry more arguments: see `ask_rcpt_stages` and
-                // `finish_message`.
-                Phase::Rcpt | Phase::Data => Verdict::Continue,
-            };
-            if let Some(r) = verdict.refusal() {
-                refusal = Some(r.clone());
-                break;
-            }
-        }
-        let h = match phase {
-            Phase::Connect => &self.metrics.stages().connect,
-            Phase::Helo => &self.metrics.stages().helo,
-            _ => &self.metrics.stages().mail,
-        };
-        h.observe(started.elapsed().as_secs_f64());
-        refusal
+    async fn ask_stages(&self, phase: Phase) -> Option<Reply> {
+        ask_stages(
+            &self.ctx.stages,
+            &self.metrics,
+            &self.info,
+            &self.env,
+            phase,
+        )
+        .await
     }
 
     async fn ask_rcpt_stages(&self, rcpt: &str) -> Option<Reply> {
@@ -905,6 +880,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         None
     }
+}
+
+/// Asks the stages in order at `phase` (connect, HELO or MAIL; RCPT and DATA carry more
+/// arguments: see `ask_rcpt_stages` and `finish_message`) and returns the first refusal.
+/// The time they took goes to the phase's histogram. A free function so the connect phase
+/// can run it while it also listens on the stream (the pregreet test).
+async fn ask_stages(
+    stages: &[Arc<dyn Stage>],
+    metrics: &ConnectorMetrics,
+    info: &SessionInfo,
+    env: &Envelope,
+    phase: Phase,
+) -> Option<Reply> {
+    if stages.is_empty() {
+        return None;
+    }
+    let started = Instant::now();
+    let mut refusal = None;
+    for stage in stages {
+        let verdict = match phase {
+            Phase::Connect => stage.connect(info).await,
+            Phase::Helo => stage.helo(info).await,
+            Phase::Mail => stage.mail(info, env).await,
+            Phase::Rcpt | Phase::Data => Verdict::Continue,
+        };
+        if let Some(r) = verdict.refusal() {
+            refusal = Some(r.clone());
+            break;
+        }
+    }
+    let h = match phase {
+        Phase::Connect => &metrics.stages().connect,
+        Phase::Helo => &metrics.stages().helo,
+        _ => &metrics.stages().mail,
+    };
+    h.observe(started.elapsed().as_secs_f64());
+    refusal
 }
 
 fn parse_error_reply(e: smtp_proto::Error, max_line: usize) -> Reply {
