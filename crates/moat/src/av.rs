@@ -83,7 +83,9 @@ pub fn antivirus(
         ttl: cfg.cache_ttl.0,
         ..CacheConfig::default()
     }));
-    let stage = |o: AvConnectorSection| -> anyhow::Result<Option<Arc<dyn Stage>>> {
+    // Fail-closed anywhere means a node without engines refuses mail there: not ready.
+    let mut fail_closed = false;
+    let mut stage = |o: AvConnectorSection| -> anyhow::Result<Option<Arc<dyn Stage>>> {
         if o.enabled == Some(false) {
             return Ok(None);
         }
@@ -93,17 +95,13 @@ pub fn antivirus(
             policy(cfg, o),
             metrics.clone(),
         )?;
+        fail_closed |= stage.policy().on_failure == OnFailure::FailClosed;
         Ok(Some(Arc::new(stage)))
     };
     let mut routed = PerConnector::new("antivirus", stage(AvConnectorSection::default())?);
     for (name, o) in &cfg.connector {
         routed = routed.with(name.clone(), stage(*o)?);
     }
-    // Fail-closed anywhere means a node without engines refuses mail there: not ready.
-    let fail_closed = std::iter::once(AvConnectorSection::default())
-        .chain(cfg.connector.values().copied())
-        .filter(|o| o.enabled != Some(false))
-        .any(|o| policy(cfg, o).on_failure == OnFailure::FailClosed);
     Ok(Antivirus {
         stage: Arc::new(routed),
         engines,

@@ -949,6 +949,23 @@ impl Config {
         )
     }
 
+    /// `name`, given at `path`, must be one of the `[[connector]]` names.
+    fn known_connector(
+        &self,
+        source: &Source,
+        path: &str,
+        name: &str,
+    ) -> Result<(), Vec<ConfigError>> {
+        if self.connector.iter().any(|c| c.name == name) {
+            return Ok(());
+        }
+        Err(vec![ConfigError {
+            line: source.line_of(path),
+            path: path.into(),
+            message: format!("no connector is named {name:?}"),
+        }])
+    }
+
     /// Checks meaning and builds the runtime objects (loads certificates and users files;
     /// binds nothing). Collects every error.
     pub fn build(&self, source: &Source) -> Result<Runtime, Vec<ConfigError>> {
@@ -1263,13 +1280,7 @@ impl Config {
                     config.over_limit = moat_rules::Action::Continue;
                 }
                 for (name, t) in &f.thresholds {
-                    if !self.connector.iter().any(|c| &c.name == name) {
-                        return Err(vec![ConfigError {
-                            line: source.line_of(&format!("filter.thresholds.{name}")),
-                            path: format!("filter.thresholds.{name}"),
-                            message: format!("no connector is named {name:?}"),
-                        }]);
-                    }
+                    self.known_connector(source, &format!("filter.thresholds.{name}"), name)?;
                     config.connector_thresholds.insert(
                         name.clone(),
                         moat_rules::Thresholds {
@@ -1304,14 +1315,7 @@ impl Config {
             }]);
         }
         for name in av.connector.keys() {
-            if !self.connector.iter().any(|c| &c.name == name) {
-                let path = format!("antivirus.connector.{name}");
-                return Err(vec![ConfigError {
-                    line: source.line_of(&path),
-                    path,
-                    message: format!("no connector is named {name:?}"),
-                }]);
-            }
+            self.known_connector(source, &format!("antivirus.connector.{name}"), name)?;
         }
         for (i, e) in av.engine.iter().enumerate() {
             let unix = matches!(e.kind, EngineKind::Clamd) && e.address.starts_with('/');
@@ -1329,13 +1333,7 @@ impl Config {
         }
         let mut policy = self.policy.clone();
         for name in &policy.connectors {
-            if !self.connector.iter().any(|c| &c.name == name) {
-                return Err(vec![ConfigError {
-                    line: source.line_of("policy.connectors"),
-                    path: "policy.connectors".into(),
-                    message: format!("no connector is named {name:?}"),
-                }]);
-            }
+            self.known_connector(source, "policy.connectors", name)?;
         }
         if policy.connectors.is_empty() {
             policy.connectors = self
