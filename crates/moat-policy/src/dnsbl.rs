@@ -43,11 +43,8 @@
 //! reconnects) costs no query while the answer is fresh.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
@@ -700,14 +697,10 @@ impl Dnsbl {
     /// the metrics with its result.
     pub async fn check(&self, ip: IpAddr) -> DnsblOutcome {
         let ip = canonical(ip);
-        let lookups = self
-            .inner
-            .zones
-            .iter()
-            .map(|zone| self.lookup(zone, ip))
-            .collect();
+        let lookups = self.inner.zones.iter().map(|zone| self.lookup(zone, ip));
+        let answers = futures_util::future::join_all(lookups).await;
         let mut outcome = DnsblOutcome::default();
-        for (zone, codes) in self.inner.zones.iter().zip(join_all(lookups).await) {
+        for (zone, codes) in self.inner.zones.iter().zip(answers) {
             let zone_name: Arc<str> = Arc::from(zone.name.as_str());
             for (code, weight) in codes {
                 outcome.score += i64::from(weight);
@@ -808,27 +801,6 @@ fn classify_error(e: &NetError) -> LookupResult {
         NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => LookupResult::Servfail,
         _ => LookupResult::Error,
     }
-}
-
-/// Polls every future until all are done; outputs in input order. (A small local join so
-/// the lookups borrow the zones instead of being spawned.)
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(v) => *output = Some(v),
-                    Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 /// The DNS lists as a [`Stage`] named `dnsbl`.
