@@ -243,28 +243,19 @@ fn policy_per_connector_and_engine_state_in_readyz() {
         assert!(delivered.contains("X-Moat-Virus-Scan: "), "{delivered}");
     }
     // The breaker is open; the fail-closed connector makes that critical.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = node.http_get("/readyz");
-        if ready == Some((503, "not ready: antivirus\n".into())) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz did not follow the engines: {ready:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        eventually(Duration::from_secs(15), || node.http_get("/readyz")
+            == Some((503, "not ready: antivirus\n".into()))),
+        "readyz did not follow the engines: {:?}",
+        node.http_get("/readyz")
+    );
 
     clamd.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.http_get("/readyz") != Some((200, "ready\n".into())) {
-        assert!(
-            Instant::now() < deadline,
-            "readyz did not recover with clamd"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    assert!(
+        eventually(Duration::from_secs(30), || node.http_get("/readyz")
+            == Some((200, "ready\n".into()))),
+        "readyz did not recover with clamd"
+    );
 }
 
 #[test]

@@ -21,20 +21,6 @@ fn rcpt_reply(node: &Node, rcpt: &str) -> String {
     r
 }
 
-/// Polls `f` until it holds or `within` passes.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn set_age(path: &Path, age: Duration) {
     let f = std::fs::File::options().write(true).open(path).unwrap();
     f.set_modified(SystemTime::now() - age).unwrap();

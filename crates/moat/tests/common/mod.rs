@@ -21,6 +21,20 @@ pub struct Node {
     pub log: PathBuf,
 }
 
+/// Polls `f` every 100 ms until it holds (true) or `within` passes (false).
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A loopback port nobody listens on (bound once, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
