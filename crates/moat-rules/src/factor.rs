@@ -1,25 +1,42 @@
 //! Required literal factors of a regex: a set of byte strings at least one of which occurs
 //! in every match. The compiler puts them into the target's automaton so the regex runs
 //! only on values where one was found.
+//!
+//! Factors are chosen by how often they are expected to occur in mail
+//! ([`crate::rarity`]): every occurrence is an automaton hit and may cost a regex search.
 
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use std::collections::HashMap;
 
-use regex_syntax::hir::{Hir, HirKind};
+use regex_syntax::hir::{
+    Capture, Class, ClassBytes, ClassBytesRange, ClassUnicode, ClassUnicodeRange, Hir, HirKind,
+    Repetition,
+};
 
-/// Shortest factor worth a place in the automaton.
-const MIN_LEN: usize = 4;
+use crate::rarity;
+
+/// Shortest factor worth a place in the automaton (a shorter one is too common, and a
+/// rare single byte is handled by [`crate::reach::RareBytes`]).
+const MIN_LEN: usize = 3;
 /// Largest factor set worth a place in the automaton.
 const MAX_SET: usize = 64;
 /// How many start positions of a concatenation to try.
 const MAX_STARTS: usize = 16;
+/// Most expected hits per KiB of mail for the factors that make a regex a candidate: a
+/// regex whose factors are commoner is cheaper to run in a regex set over the whole value.
+const MAX_TRIGGER_PER_KIB: f64 = 16.0;
+/// Most expected hits per KiB of a factor set required *in addition* to the best one: a
+/// commoner one costs more automaton hits than the regex searches it saves.
+const MAX_EXTRA_PER_KIB: f64 = 0.5;
 
 /// A factor set, ASCII-lowercased (the automaton matches ASCII case-insensitively), with
 /// every literal that contains another member removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Factors {
     lits: Vec<Vec<u8>>,
     min_len: usize,
+    /// Expected automaton hits per KiB of mail text.
+    per_kib: f64,
 }
 
 impl Factors {
@@ -38,22 +55,80 @@ impl Factors {
             }
         }
         let min_len = kept.iter().map(Vec::len).min()?;
-        (min_len >= MIN_LEN && kept.len() <= MAX_SET).then_some(Factors {
+        (min_len >= MIN_LEN && kept.len() <= MAX_SET).then(|| Factors {
+            per_kib: rarity::set_per_kib(kept.iter().map(Vec::as_slice)),
             lits: kept,
             min_len,
         })
     }
 
-    /// Higher is better: two points per byte of the shortest literal (up to 6 bytes,
-    /// beyond which literals are rare enough), minus one per doubling of the literal
-    /// count; ties go to longer, then fewer literals.
-    fn rank(&self) -> (i64, usize, std::cmp::Reverse<usize>) {
-        let doublings = i64::from(usize::BITS - (self.lits.len().max(1) - 1).leading_zeros());
-        (
-            2 * self.min_len.min(6) as i64 - doublings,
-            self.min_len,
-            std::cmp::Reverse(self.lits.len()),
-        )
+    /// True when `self` is a better prefilter than `other`: fewer expected hits; on a tie
+    /// (strings the estimate cannot tell apart), longer, then fewer literals.
+    fn beats(&self, other: &Factors) -> bool {
+        match self.per_kib.total_cmp(&other.per_kib) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                (self.min_len, std::cmp::Reverse(self.lits.len()))
+                    > (other.min_len, std::cmp::Reverse(other.lits.len()))
+            }
+        }
+    }
+}
+
+/// `hir` with every ASCII letter lower-cased, in literals and classes: the factors of the
+/// result are factors of the original for a case-insensitive automaton, and a
+/// case-insensitive regex (`[Pp][Aa][Ss][Ss]`) yields one literal instead of sixteen
+/// variants, which keeps the extractor within its limits.
+fn fold(hir: &Hir) -> Hir {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => hir.clone(),
+        HirKind::Literal(l) => Hir::literal(l.0.to_ascii_lowercase()),
+        HirKind::Class(Class::Bytes(c)) => {
+            let mut set = [false; 256];
+            for r in c.ranges() {
+                for b in r.start()..=r.end() {
+                    set[usize::from(b.to_ascii_lowercase())] = true;
+                }
+            }
+            let bytes: Vec<u8> = (0..=255u8).filter(|b| set[usize::from(*b)]).collect();
+            match bytes[..] {
+                [b] => Hir::literal(vec![b]),
+                _ => Hir::class(Class::Bytes(ClassBytes::new(
+                    bytes.into_iter().map(|b| ClassBytesRange::new(b, b)),
+                ))),
+            }
+        }
+        HirKind::Class(Class::Unicode(c)) => {
+            let mut ranges = Vec::new();
+            for r in c.ranges() {
+                let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
+                if lo < 0x80 {
+                    for b in lo as u8..=hi.min(0x7f) as u8 {
+                        let l = char::from(b.to_ascii_lowercase());
+                        ranges.push(ClassUnicodeRange::new(l, l));
+                    }
+                }
+                if hi >= 0x80 {
+                    ranges.push(ClassUnicodeRange::new(r.start().max('\u{80}'), r.end()));
+                }
+            }
+            let class = ClassUnicode::new(ranges);
+            match class.ranges() {
+                [r] if r.start() == r.end() => Hir::literal(r.start().to_string().into_bytes()),
+                _ => Hir::class(Class::Unicode(class)),
+            }
+        }
+        HirKind::Repetition(r) => Hir::repetition(Repetition {
+            sub: Box::new(fold(&r.sub)),
+            ..r.clone()
+        }),
+        HirKind::Capture(c) => Hir::capture(Capture {
+            sub: Box::new(fold(&c.sub)),
+            ..c.clone()
+        }),
+        HirKind::Concat(subs) => Hir::concat(subs.iter().map(fold).collect()),
+        HirKind::Alternation(subs) => Hir::alternation(subs.iter().map(fold).collect()),
     }
 }
 
@@ -64,7 +139,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 fn better(a: Option<Factors>, b: Option<Factors>) -> Option<Factors> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if b.rank() > a.rank() { b } else { a }),
+        (Some(a), Some(b)) => Some(if b.beats(&a) { b } else { a }),
         (a, b) => a.or(b),
     }
 }
@@ -87,7 +162,7 @@ fn prefixes(hir: &Hir) -> Option<Factors> {
     let longest = lits.iter().map(Vec::len).max().unwrap_or(0);
     let mut found = None;
     // A few cut lengths are enough; trying every length made compiling large packs slow.
-    let cuts = [MIN_LEN, 5, 6, 8, 12, longest];
+    let cuts = [MIN_LEN, 4, 5, 6, 8, 12, longest];
     for cut in cuts.into_iter().filter(|c| *c >= MIN_LEN && *c <= longest) {
         let cut_lits = lits.iter().map(|l| l[..l.len().min(cut)].to_vec());
         found = better(found, Factors::new(cut_lits));
@@ -159,6 +234,21 @@ const MAX_CLAUSES: usize = 16;
 /// clause per branch; anything else gives one clause. Empty when some branch has no
 /// usable factor.
 pub(crate) fn clauses(hir: &Hir) -> Vec<Vec<Vec<Vec<u8>>>> {
+    let folded = fold(hir);
+    let found = folded_clauses(&folded);
+    // Each clause's first set is its best; a regex is a candidate when any clause is
+    // complete, so what it costs is the sum of those.
+    let trigger: f64 = found.iter().map(|c| c[0].per_kib).sum();
+    if trigger > MAX_TRIGGER_PER_KIB {
+        return Vec::new();
+    }
+    found
+        .into_iter()
+        .map(|c| c.into_iter().map(|f| f.lits).collect())
+        .collect()
+}
+
+fn folded_clauses(hir: &Hir) -> Vec<Vec<Factors>> {
     // Look through groups and through assertions around a single item (`\b(?:a|b)\b`):
     // an alternation there is still the whole of what must match.
     let mut top = hir;
@@ -207,14 +297,14 @@ fn implies(a: &Factors, b: &Factors) -> bool {
 /// The best required factor set of `hir`, or `None` when it has none worth using.
 #[cfg(test)]
 pub(crate) fn required(hir: &Hir) -> Option<Vec<Vec<u8>>> {
-    best(hir, &mut Memo::default()).map(|f| f.lits)
+    best(&fold(hir), &mut Memo::default()).map(|f| f.lits)
 }
 
 /// Up to [`MAX_SETS`] factor sets that every match contains one literal of *each* of: the
-/// best set overall, then the best sets of other parts of a top-level concatenation. A
-/// regex runs only on values where all of them were found, which cuts the runs caused by
-/// common words. Empty when the regex has no usable factor.
-fn required_all(hir: &Hir, memo: &mut Memo) -> Vec<Vec<Vec<u8>>> {
+/// best set overall, then rare sets of other parts of a top-level concatenation. A regex
+/// runs only on values where all of them were found. Empty when the regex has no usable
+/// factor.
+fn required_all(hir: &Hir, memo: &mut Memo) -> Vec<Factors> {
     let mut top = hir;
     while let HirKind::Capture(c) = top.kind() {
         top = &c.sub;
@@ -232,18 +322,17 @@ fn required_all(hir: &Hir, memo: &mut Memo) -> Vec<Vec<Vec<u8>>> {
         for sub in subs {
             parts.extend(best(sub, memo));
         }
-        parts.sort_by_key(|p| std::cmp::Reverse(p.rank()));
+        parts.sort_by(|a, b| a.per_kib.total_cmp(&b.per_kib));
         for p in parts {
-            if chosen.len() == MAX_SETS {
+            if chosen.len() == MAX_SETS || p.per_kib > MAX_EXTRA_PER_KIB {
                 break;
             }
-            // Weak extra sets (short, many variants) cost more automaton hits than they save.
-            if p.rank().0 >= 6 && !chosen.iter().any(|c| implies(c, &p) || implies(&p, c)) {
+            if !chosen.iter().any(|c| implies(c, &p) || implies(&p, c)) {
                 chosen.push(p);
             }
         }
     }
-    chosen.into_iter().map(|f| f.lits).collect()
+    chosen
 }
 
 #[cfg(test)]
@@ -270,19 +359,16 @@ mod tests {
             ("(?i)viagra", Some(&["viagra"])),
             (r"\bfree\s+money\b", Some(&["money"])),
             // Unicode case folding: `k` also matches KELVIN SIGN; cutting before it leaves
-            // one literal.
-            (r"(?i)click\s+here", Some(&["click", "clic\u{fffd}"])),
-            // Cut at 4 bytes, which may split a UTF-8 sequence (shown as U+FFFD here).
-            (
-                r"(?i)kick\s+\d",
-                Some(&["kick", "kic\u{fffd}", "\u{212a}i"]),
-            ),
+            // one literal, rarer than the two variants together.
+            (r"(?i)click\s+here", Some(&["clic"])),
+            // `k` also matches KELVIN SIGN: the text before it, or the sign itself (three
+            // bytes in UTF-8).
+            (r"(?i)kick\s+\d", Some(&["kic", "\u{212a}"])),
+            // Six variants (`click\t`, `click\n`, ...) cost more than the one literal.
             (r"(?i-u)click\s+here", Some(&["click"])),
             (r"\d+% off", Some(&["% off"])),
-            (
-                "(?:cheap|discount) meds",
-                Some(&["cheap meds", "discount med"]),
-            ),
+            // One rare literal beats two rarer ones.
+            ("(?:cheap|discount) meds", Some(&[" meds"])),
             ("(?:cheapest|discount)", Some(&["cheapest", "discount"])),
             (r"(?:ab|discount)\d", None),
             (r"\w+@\w+", None),
@@ -290,15 +376,13 @@ mod tests {
             ("a.b", None),
             ("(?:winner)+!", Some(&["winner"])),
             ("(?:winner)?!!!!", Some(&["!!!!"])),
-            // Shorter than 4 bytes is not selective enough.
-            ("(?:winner)?!!!", None),
-            // `s` folds to LONG S too, which costs variants; two 6-byte variants win.
-            (
-                r"(?i)unsubscribe(?:\s+here)?",
-                Some(&["ubscrib", "ub\u{17f}crib"]),
-            ),
-            // Case variants are capped at 256 (2^8), so the literal is cut to 8 bytes.
-            (r"(?i-u)unsubscribe(?:\s+here)?", Some(&["unsubscr"])),
+            // Three bytes will do when they are rare; two will not.
+            ("(?:winner)?!!!", Some(&["!!!"])),
+            ("(?:winner)?!!", None),
+            // `s` folds to LONG S too; the part after the last `s` needs no variant.
+            (r"(?i)unsubscribe(?:\s+here)?", Some(&["cribe"])),
+            // ASCII case folding costs no variants.
+            (r"(?i-u)unsubscribe(?:\s+here)?", Some(&["unsubscribe"])),
         ];
         for (re, want) in cases {
             let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
@@ -314,18 +398,20 @@ mod tests {
                 .build()
                 .parse(re)
                 .unwrap();
-            required_all(&hir, &mut Memo::default())
+            required_all(&fold(&hir), &mut Memo::default())
                 .into_iter()
                 .map(|set| {
-                    set.into_iter()
+                    set.lits
+                        .into_iter()
                         .map(|l| String::from_utf8_lossy(&l).into_owned())
                         .collect::<Vec<_>>()
                 })
                 .collect::<Vec<_>>()
         };
+        // `your` is common: requiring it too would cost more automaton hits than it saves.
         assert_eq!(
             sets(r"(?i-u)\byour\s+(?:password|login)\b"),
-            [vec!["login", "password"], vec!["your"]]
+            [vec!["login", "passw"]]
         );
         // A set implied by another (a literal of one contains the other) is not repeated.
         assert_eq!(sets("lottery winner"), [vec!["lottery winner"]]);

@@ -52,6 +52,7 @@ pub mod import;
 mod loader;
 mod meta;
 mod packtest;
+mod rarity;
 mod reach;
 mod scan;
 pub mod schema;

@@ -12,6 +12,8 @@
 
 use regex_syntax::hir::{Class, Hir, HirKind};
 
+use crate::rarity::frequency;
+
 /// The bytes a regex's matches can contain and their longest length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reach {
@@ -101,31 +103,6 @@ pub(crate) struct RareBytes {
 
 /// Highest estimated frequency (per 10,000 bytes of mail text) a set may have.
 const MAX_RARE_COST: u32 = 40;
-
-/// Rough frequency of a byte in mail text, per 10,000 bytes (English letter frequencies,
-/// upper case a tenth of lower case, punctuation and symbols guessed low).
-fn frequency(b: u8) -> u32 {
-    const LOWER: [u32; 26] = [
-        650, 120, 230, 320, 1000, 180, 150, 450, 600, 10, 60, 330, 200, 580, 620, 160, 8, 500, 530,
-        700, 230, 80, 150, 15, 140, 6,
-    ];
-    match b {
-        b' ' => 1500,
-        b'a'..=b'z' => LOWER[usize::from(b - b'a')],
-        b'A'..=b'Z' => LOWER[usize::from(b - b'A')] / 10 + 1,
-        b'0'..=b'9' => 50,
-        b'\n' => 200,
-        b'.' | b',' | b'\r' => 100,
-        b'-' | b'=' => 50,
-        b':' | b'/' | b'<' | b'>' => 30,
-        b'"' | b'\'' | b'\t' => 20,
-        b'(' | b')' | b'_' | b'!' | b'?' | b'&' | b';' => 10,
-        b'@' | b'*' | b'#' => 5,
-        b'$' | b'%' => 3,
-        0x80..=0xff => 10,
-        _ => 2,
-    }
-}
 
 fn cost(bits: &[u64; 4]) -> u32 {
     (0..=255u8)

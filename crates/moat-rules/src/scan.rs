@@ -506,6 +506,33 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         if !top.is_empty() {
             let _ = writeln!(out, "    most found: {}", top.join(" "));
         }
+        if std::env::var_os("MOAT_PROFILE_FACTORS").is_some() {
+            let mut by: Vec<(u64, usize)> = per_pattern.iter().copied().zip(0..).collect();
+            by.sort_unstable_by(|a, b| b.cmp(a));
+            for (n, i) in by.iter().take(40).filter(|(n, _)| *n > 0) {
+                let users: Vec<String> = m.consumers[*i]
+                    .iter()
+                    .map(|c| match c {
+                        Consumer::Literal { rule, .. } => rules.rules[*rule].id.clone(),
+                        Consumer::Factor { clause, bit } => format!(
+                            "{}#{bit}",
+                            rules.rules[m.factored[m.clauses[*clause].regex].rule].id
+                        ),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "      {n:>7} {:?}: {}",
+                    String::from_utf8_lossy(&m.patterns[*i]),
+                    users.join(" ")
+                );
+            }
+            for (_, members) in &m.sets {
+                for rr in members {
+                    let _ = writeln!(out, "      set: {} {}", rules.rules[rr.rule].id, rr.pattern);
+                }
+            }
+        }
         // Each set member on its own, to see which ones are expensive.
         let mut alone: Vec<(Duration, usize)> = Vec::new();
         let members: Vec<&crate::compile::RegexRule> = m.sets.iter().flat_map(|s| &s.1).collect();
