@@ -72,6 +72,8 @@ pub struct RuleInfo {
     pub kind: RuleKind,
     /// Targets (empty for meta rules).
     pub targets: Vec<Target>,
+    /// Matches counted at most (`max_hits`; `u32::MAX` when not set).
+    pub max_hits: u32,
 }
 
 /// A compiled pack's description and verdict settings.
@@ -119,6 +121,8 @@ pub(crate) enum Consumer {
         rule: usize,
         exact: Option<Box<[u8]>>,
         word: bool,
+        /// The rule's `max_hits`.
+        limit: u32,
     },
     /// A literal of factor set `bit` of prefilter clause `clause`; the clause's regex
     /// becomes a candidate on a value once every set of the clause has been found there.
@@ -129,6 +133,8 @@ pub(crate) enum Consumer {
 #[derive(Debug, Clone)]
 pub(crate) struct RegexRule {
     pub(crate) rule: usize,
+    /// The rule's `max_hits`.
+    pub(crate) limit: u32,
     /// Built as `regex::bytes::Regex` builds it; used directly for searches of a window of
     /// a value that still see the whole value for look-around.
     pub(crate) re: ra::Regex,
@@ -382,6 +388,13 @@ pub(crate) fn compile(
                 }
                 (None, RuleKind::Meta) => {}
             }
+            match (def.max_hits, kind) {
+                (Some(_), RuleKind::Meta) => {
+                    problems.push(problem("max_hits is not for meta rules".into()))
+                }
+                (Some(0), _) => problems.push(problem("max_hits must be at least 1".into())),
+                _ => {}
+            }
             let global = rules.len();
             let mut entries = Vec::new();
             match kind {
@@ -445,6 +458,7 @@ pub(crate) fn compile(
                 score: def.score,
                 kind,
                 targets,
+                max_hits: def.max_hits.unwrap_or(u32::MAX),
             });
         }
         packs.push(PackInfo {
@@ -571,12 +585,14 @@ pub(crate) fn compile(
                             rule: p.global,
                             exact: p.case_sensitive.then(|| bytes.clone().into_boxed_slice()),
                             word: *word,
+                            limit: rules[p.global].max_hits,
                         },
                     ),
                     (Entry::Regex { pattern }, Some(c)) => {
                         let factors = &c.clauses;
                         let rr = RegexRule {
                             rule: p.global,
+                            limit: rules[p.global].max_hits,
                             re: c.re.clone(),
                             pattern: c.pattern.clone(),
                             reach: c.reach.clone(),

@@ -551,6 +551,48 @@ fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// SpamAssassin counts a rule once unless its `tflags` say `multiple` (then up to
+/// `maxhits=N`, or without limit).
+fn max_hits(tflags: Option<&str>) -> Option<u32> {
+    let words: Vec<&str> = tflags.unwrap_or("").split_whitespace().collect();
+    if !words.contains(&"multiple") {
+        return Some(1);
+    }
+    words
+        .iter()
+        .find_map(|w| w.strip_prefix("maxhits="))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= 1)
+}
+
+/// A SpamAssassin meta expression in Moat's syntax: there a rule name stands for its hit
+/// count, which for a `multiple` rule is Moat's `hits(NAME)` (a bare name is 0 or 1).
+fn counted_meta(expr: &str, tflags: &HashMap<String, String>) -> String {
+    let multiple = |name: &str| {
+        tflags
+            .get(name)
+            .is_some_and(|f| f.split_whitespace().any(|w| w == "multiple"))
+    };
+    let mut out = String::with_capacity(expr.len());
+    let mut rest = expr;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..end];
+        if multiple(name) {
+            out.push_str(&format!("hits({name})"));
+        } else {
+            out.push_str(name);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn write_pack(
     ok: &BTreeMap<String, Def>,
     scores: &HashMap<String, f64>,
@@ -617,6 +659,9 @@ fn write_pack(
                 }
                 let t: Vec<String> = targets.iter().map(|t| q(t)).collect();
                 let _ = writeln!(s, "target = [{}]\nregex = {}", t.join(", "), q(pattern));
+                if let Some(n) = max_hits(tflags.get(&d.name).map(String::as_str)) {
+                    let _ = writeln!(s, "max_hits = {n}");
+                }
                 if !*nocase {
                     let _ = writeln!(s, "case_sensitive = true");
                 }
@@ -639,7 +684,7 @@ fn write_pack(
                     "\n[[rule]]\n# {origin}\nid = {}\ndescription = {}\nmeta = {}",
                     q(&d.name),
                     q(desc),
-                    q(expr)
+                    q(&counted_meta(expr, tflags))
                 );
                 if score != 0.0 {
                     let _ = writeln!(s, "score = {score:?}");
@@ -729,6 +774,9 @@ meta     MISSING       NOT_DEFINED_ANYWHERE
 body     HASH_ESC      /C\# code/
 body     NICE_LIST     /^List-Owner/
 tflags   NICE_LIST     nice
+body     __LOWER_X     /x/
+tflags   __LOWER_X     multiple maxhits=3
+meta     MANY_X        __LOWER_X > 2
 "#;
 
     #[test]
@@ -765,9 +813,15 @@ tflags   NICE_LIST     nice
             "{listed}"
         );
         assert_eq!(listed.lines().count(), want_skipped.len());
-        assert_eq!(r.converted, 12);
+        assert_eq!(r.converted, 14);
         // `nice` rules without a score count against spam; body rules see line anchors.
-        assert!(r.pack.contains("id = \"NICE_LIST\"\ndescription = \"\"\ntarget = [\"body\"]\nregex = \"(?-um)^List-Owner\"\ncase_sensitive = true\nscore = -1.0"), "{}", r.pack);
+        assert!(r.pack.contains("id = \"NICE_LIST\"\ndescription = \"\"\ntarget = [\"body\"]\nregex = \"(?-um)^List-Owner\"\nmax_hits = 1\ncase_sensitive = true\nscore = -1.0"), "{}", r.pack);
+        // A rule counts once unless its tflags say `multiple`.
+        assert!(
+            r.pack.contains("regex = \"(?-um)x\"\nmax_hits = 3\n"),
+            "{}",
+            r.pack
+        );
         assert_eq!(
             r.skipped
                 .iter()
@@ -805,6 +859,30 @@ tflags   NICE_LIST     nice
         assert!(!hits.contains(&"__NO_UA"), "{hits:?}");
         // Score set 0 is used: 2.5 (LOTTO_WIN) + 1 (SUBJ_URGENT) + 1 (URI_IP) + 1 (COMBO) + 1 (HASH_ESC).
         assert_eq!(res.packs[0].score, 6.5);
+
+        // Counting stops at max_hits: once for ordinary rules, three times for __LOWER_X.
+        let mut t = crate::Targets::new();
+        t.push_str(crate::Field::Body, "$5 million, $6 million; x x x x x");
+        let res = rules.scan(&t);
+        let count = |id: &str| {
+            res.packs[0]
+                .hits
+                .iter()
+                .find(|h| h.rule == id)
+                .map(|h| h.count)
+        };
+        assert_eq!(count("__CASH"), Some(1));
+        assert_eq!(count("__LOWER_X"), Some(3));
+        assert_eq!(count("MANY_X"), Some(1));
+        t = crate::Targets::new();
+        t.push_str(crate::Field::Body, "x x");
+        assert_eq!(
+            rules.scan(&t).packs[0]
+                .hits
+                .iter()
+                .find(|h| h.rule == "MANY_X"),
+            None
+        );
     }
 
     #[test]

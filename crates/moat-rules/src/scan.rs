@@ -1,7 +1,7 @@
 //! Scanning extracted targets with a [`CompiledRules`]: one automaton pass per target value,
 //! candidate regexes, the regex sets, then meta rules, scores and verdicts.
 
-use regex_automata::{Input, meta};
+use regex_automata::Input;
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{CompiledRules, Consumer, RegexRule, RuleKind, TargetMatcher};
@@ -137,8 +137,8 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
-fn record(state: &mut RuleState, matcher: usize, text: &[u8], n: u32) {
-    state.count = state.count.saturating_add(n);
+fn record(state: &mut RuleState, matcher: usize, text: &[u8], n: u32, limit: u32) {
+    state.count = state.count.saturating_add(n).min(limit);
     if state.first.is_none() {
         let cut = text.len().min(MAX_MATCHED);
         state.first = Some((matcher, text[..cut].to_vec()));
@@ -148,14 +148,24 @@ fn record(state: &mut RuleState, matcher: usize, text: &[u8], n: u32) {
 /// Most matches of one regex counted in one value.
 const MAX_REGEX_MATCHES: usize = 1000;
 
-/// Counts the matches of `re` in `value` (the first one's text is kept). Only regexes the
-/// prefilter let through get here, and counting past the first match happens only for
-/// those that match.
-fn record_regex(re: &meta::Regex, value: &[u8], state: &mut RuleState, mi: usize) {
-    let mut it = re.find_iter(value);
+/// How many more matches of a rule are worth counting in the current value: none once its
+/// `max_hits` is reached, and at most [`MAX_REGEX_MATCHES`].
+fn budget(state: &RuleState, limit: u32) -> usize {
+    (limit.saturating_sub(state.count) as usize).min(MAX_REGEX_MATCHES)
+}
+
+/// Counts the matches of `rr` in `value` (the first one's text is kept), up to its budget.
+/// Only regexes the prefilter let through get here, and counting past the first match
+/// happens only for those that match.
+fn record_regex(rr: &RegexRule, value: &[u8], state: &mut RuleState, mi: usize) {
+    let budget = budget(state, rr.limit);
+    if budget == 0 {
+        return;
+    }
+    let mut it = rr.re.find_iter(value);
     if let Some(first) = it.next() {
-        let n = 1 + it.take(MAX_REGEX_MATCHES - 1).count();
-        record(state, mi, &value[first.range()], n as u32);
+        let n = 1 + it.take(budget - 1).count();
+        record(state, mi, &value[first.range()], n as u32, rr.limit);
     }
 }
 
@@ -180,24 +190,31 @@ fn search_windows(
     mi: usize,
 ) {
     if rr.reach.is_whole() {
-        return record_regex(&rr.re, value, state, mi);
+        return record_regex(rr, value, state, mi);
+    }
+    let budget = budget(state, rr.limit);
+    if budget == 0 {
+        return;
     }
     let mut count = 0usize;
     let mut first: Option<(usize, usize)> = None;
     let mut search = |lo: usize, hi: usize, count: &mut usize| {
-        if *count >= MAX_REGEX_MATCHES {
+        if *count >= budget {
             return;
         }
         for m in rr.re.find_iter(Input::new(value).range(lo..hi)) {
             first.get_or_insert((m.start(), m.end()));
             *count += 1;
-            if *count >= MAX_REGEX_MATCHES {
+            if *count >= budget {
                 break;
             }
         }
     };
     let mut cur: Option<crate::reach::Window> = None;
     for &(start, end) in hits {
+        if count >= budget {
+            break;
+        }
         if let Some(w) = cur
             && w.closed
             && start >= w.start
@@ -224,7 +241,7 @@ fn search_windows(
         search(c.start, c.end, &mut count);
     }
     if let Some((s, e)) = first {
-        record(state, mi, &value[s..e], count as u32);
+        record(state, mi, &value[s..e], count as u32, rr.limit);
     }
 }
 
@@ -236,7 +253,13 @@ impl TargetMatcher {
             for m in ac.find_overlapping_iter(value) {
                 let span = &value[m.start()..m.end()];
                 for c in &self.consumers[m.pattern().as_usize()] {
-                    if let Consumer::Literal { rule, exact, word } = c {
+                    if let Consumer::Literal {
+                        rule,
+                        exact,
+                        word,
+                        limit,
+                    } = c
+                    {
                         if exact.as_deref().is_some_and(|e| e != span) {
                             continue;
                         }
@@ -247,7 +270,7 @@ impl TargetMatcher {
                                 continue;
                             }
                         }
-                        record(&mut s.state[*rule], mi, span, 1);
+                        record(&mut s.state[*rule], mi, span, 1, *limit);
                     }
                 }
             }
@@ -255,7 +278,7 @@ impl TargetMatcher {
         let set_members = self.sets.iter().flat_map(|(_, members)| members);
         let byte_filtered = self.byte_filtered.iter().map(|(_, rr)| rr);
         for rr in self.factored.iter().chain(byte_filtered).chain(set_members) {
-            record_regex(&rr.re, value, &mut s.state[rr.rule], mi);
+            record_regex(rr, value, &mut s.state[rr.rule], mi);
         }
     }
 
@@ -267,7 +290,12 @@ impl TargetMatcher {
                 let span = &value[m.start()..m.end()];
                 for c in &self.consumers[m.pattern().as_usize()] {
                     match c {
-                        Consumer::Literal { rule, exact, word } => {
+                        Consumer::Literal {
+                            rule,
+                            exact,
+                            word,
+                            limit,
+                        } => {
                             if exact.as_deref().is_some_and(|e| e != span) {
                                 continue;
                             }
@@ -280,7 +308,7 @@ impl TargetMatcher {
                                     continue;
                                 }
                             }
-                            record(&mut s.state[*rule], mi, span, 1);
+                            record(&mut s.state[*rule], mi, span, 1, *limit);
                         }
                         Consumer::Factor { clause, bit } => {
                             let c = *clause;
@@ -318,6 +346,9 @@ impl TargetMatcher {
         }
         s.factor_hits.clear();
         for (rare, rr) in &self.byte_filtered {
+            if budget(&s.state[rr.rule], rr.limit) == 0 {
+                continue;
+            }
             s.spans.clear();
             rare.for_each(value, |i| s.spans.push((i, i + 1)));
             if !s.spans.is_empty() {
@@ -327,7 +358,7 @@ impl TargetMatcher {
         for (set, members) in &self.sets {
             for i in set.matches(value).iter() {
                 let rr = &members[i];
-                record_regex(&rr.re, value, &mut s.state[rr.rule], mi);
+                record_regex(rr, value, &mut s.state[rr.rule], mi);
             }
         }
     }

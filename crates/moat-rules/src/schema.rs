@@ -115,6 +115,12 @@ pub struct RuleDef {
     /// Unicode case-insensitive for regexes).
     #[serde(default)]
     pub case_sensitive: bool,
+    /// Stop counting matches of this rule in a message at this many (at least 1; not for
+    /// meta rules). 1 when only whether it hit matters: the scan then stops looking for
+    /// the rule after its first match. Default: every match (regexes: at most 1,000 per
+    /// value).
+    #[serde(default)]
+    pub max_hits: Option<u32>,
 }
 
 /// The envelope a message test is scanned with.

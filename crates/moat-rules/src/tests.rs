@@ -364,6 +364,17 @@ meta = "CYCLE_B"
 id = "CYCLE_B"
 meta = "CYCLE_A || NO_KIND"
 
+[[rule]]
+id = "ZERO_HITS"
+target = "body"
+literals = ["z"]
+max_hits = 0
+
+[[rule]]
+id = "META_HITS"
+meta = "ZERO_HITS"
+max_hits = 2
+
 [[test]]
 name = "refers to nothing"
 snippet = { body = "x" }
@@ -383,6 +394,8 @@ verdict = "bounce"
         "<inline>:38: rule 9bad: empty literal",
         "meta refers to unknown rule MISSING",
         "meta rules form a cycle",
+        "rule ZERO_HITS: max_hits must be at least 1",
+        "rule META_HITS: max_hits is not for meta rules",
         "rule NOPE: test \"refers to nothing\": unknown rule NOPE",
         "unknown verdict \"bounce\"",
     ];
@@ -633,4 +646,40 @@ fn regex_matches_are_counted_per_value() {
             "{values:?}"
         );
     }
+}
+
+#[test]
+fn max_hits_stops_counting() {
+    // Literals, factored regexes, rare-byte regexes and set regexes all stop at max_hits,
+    // across the values of a target, and the fast path agrees with the reference scan.
+    let rules = "[[rule]]\nid = \"LIT\"\ntarget = \"rcpt-to\"\nliterals = [\"ab\"]\nmax_hits = 3\n\
+                 [[rule]]\nid = \"FACTORED\"\ntarget = \"rcpt-to\"\nregex = 'abc\\d'\nmax_hits = 2\n\
+                 [[rule]]\nid = \"RARE\"\ntarget = \"rcpt-to\"\nregex = '\\w@\\w'\nmax_hits = 1\n\
+                 [[rule]]\nid = \"SET\"\ntarget = \"rcpt-to\"\nregex = '\\d'\nmax_hits = 4\n\
+                 [[rule]]\nid = \"ALL\"\ntarget = \"rcpt-to\"\nregex = '\\d'\n";
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let mut t = Targets::new();
+    t.push_str(Field::RcptTo, "abc1 abc2 a@b c@d");
+    t.push_str(Field::RcptTo, "abc3 ab e@f 4 5 6");
+    let r = compiled.scan(&t);
+    assert_eq!(r, compiled.scan_reference(&t));
+    let count = |id: &str| {
+        r.packs[0]
+            .hits
+            .iter()
+            .find(|h| h.rule == id)
+            .map(|h| h.count)
+    };
+    assert_eq!(count("LIT"), Some(3));
+    assert_eq!(count("FACTORED"), Some(2));
+    assert_eq!(count("RARE"), Some(1));
+    assert_eq!(count("SET"), Some(4));
+    assert_eq!(count("ALL"), Some(6));
+    // The first match is still the first in the message.
+    let first = r.packs[0]
+        .hits
+        .iter()
+        .find(|h| h.rule == "FACTORED")
+        .unwrap();
+    assert_eq!(first.matched.as_deref(), Some("abc1"));
 }
