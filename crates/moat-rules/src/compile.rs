@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use rayon::prelude::*;
-use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::RegexBuilder;
 use regex_automata::meta as ra;
 
 use crate::error::{Error, Problem, Step};
@@ -16,7 +16,7 @@ use crate::meta::{self, Expr, NameRef};
 use crate::reach::{RareBytes, Reach};
 use crate::schema::{TestDef, Thresholds};
 use crate::target::Target;
-use crate::{factor, packtest};
+use crate::{factor, packtest, rarity};
 
 /// Limits applied while compiling; patterns are untrusted input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +167,9 @@ pub(crate) struct TargetMatcher {
     pub(crate) clauses: Vec<Clause>,
     /// Regexes without a usable factor, run only around the rare bytes they contain.
     pub(crate) byte_filtered: Vec<(RareBytes, RegexRule)>,
-    /// Regexes with neither, run in small sets.
-    pub(crate) sets: Vec<(RegexSet, Vec<RegexRule>)>,
+    /// Regexes with neither, run in small sets: one multi-pattern regex each (overlapping
+    /// matches), telling which members match a value.
+    pub(crate) sets: Vec<(ra::Regex, Vec<RegexRule>)>,
 }
 
 /// A pack test resolved against its pack.
@@ -814,16 +815,40 @@ impl TargetBuild {
             })?)
         };
         let chunk = opts.regex_set_chunk.max(1);
+        // A set's search ends early only once every member matched, and its lazy DFA grows
+        // with how different its members are. So regexes that match almost any text go
+        // together (their set stops within a few bytes), and the rest are grouped with
+        // regexes of similar size.
+        let mut order: Vec<(bool, usize, usize)> = self
+            .set_rules
+            .iter()
+            .zip(&self.set_patterns)
+            .enumerate()
+            .map(|(i, (rr, pat))| {
+                let early = rr
+                    .re
+                    .find(rarity::REFERENCE.as_bytes())
+                    .is_some_and(|m| m.end() <= 256);
+                (!early, pat.len(), i)
+            })
+            .collect();
+        order.sort_unstable();
+        let set_patterns: Vec<String> = order
+            .iter()
+            .map(|o| self.set_patterns[o.2].clone())
+            .collect();
+        let set_rules: Vec<RegexRule> = order.iter().map(|o| self.set_rules[o.2].clone()).collect();
         let mut sets = Vec::new();
-        for (pats, rules) in self
-            .set_patterns
-            .chunks(chunk)
-            .zip(self.set_rules.chunks(chunk))
-        {
-            let set = RegexSetBuilder::new(pats)
-                .size_limit(opts.regex_size_limit.saturating_mul(pats.len()))
-                .dfa_size_limit(opts.dfa_size_limit.saturating_mul(pats.len()))
-                .build()
+        for (pats, rules) in set_patterns.chunks(chunk).zip(set_rules.chunks(chunk)) {
+            let config = ra::Config::new()
+                .match_kind(regex_automata::MatchKind::All)
+                .utf8_empty(false)
+                .nfa_size_limit(Some(opts.regex_size_limit.saturating_mul(pats.len())))
+                .hybrid_cache_capacity(opts.dfa_size_limit.saturating_mul(pats.len()));
+            let set = ra::Builder::new()
+                .configure(config)
+                .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+                .build_many(pats)
                 .map_err(|e| {
                     Problem::new(
                         "",

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// Ordinary mail text, written for this estimate (not taken from any corpus).
-const REFERENCE: &str = include_str!("background.txt");
+pub(crate) const REFERENCE: &str = include_str!("background.txt");
 
 /// Longest substring counted in the reference text; longer strings use their rarest
 /// substring of this length.

@@ -1,7 +1,7 @@
 //! Scanning extracted targets with a [`CompiledRules`]: one automaton pass per target value,
 //! candidate regexes, the regex sets, then meta rules, scores and verdicts.
 
-use regex_automata::Input;
+use regex_automata::{Input, PatternSet};
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{CompiledRules, Consumer, RegexRule, RuleKind, TargetMatcher};
@@ -131,6 +131,20 @@ struct Scratch {
     factor_hits: Vec<(usize, usize, usize)>,
     spans: Vec<(usize, usize)>,
     value_no: u64,
+    /// Which members of a regex set matched, indexed by the set's size (a pattern set
+    /// whose capacity is the set's size lets the search stop once every member matched).
+    patsets: Vec<PatternSet>,
+}
+
+/// The cleared pattern set of capacity `len` from `patsets`.
+fn patset(patsets: &mut Vec<PatternSet>, len: usize) -> &mut PatternSet {
+    while patsets.len() <= len {
+        let n = patsets.len();
+        patsets.push(PatternSet::new(n));
+    }
+    let ps = &mut patsets[len];
+    ps.clear();
+    ps
 }
 
 fn is_word_byte(b: u8) -> bool {
@@ -356,8 +370,17 @@ impl TargetMatcher {
             }
         }
         for (set, members) in &self.sets {
-            for i in set.matches(value).iter() {
-                let rr = &members[i];
+            // Members that reached their max_hits need no search.
+            if members
+                .iter()
+                .all(|rr| budget(&s.state[rr.rule], rr.limit) == 0)
+            {
+                continue;
+            }
+            let ps = patset(&mut s.patsets, members.len());
+            set.which_overlapping_matches(&Input::new(value), ps);
+            for p in ps.iter() {
+                let rr = &members[p.as_usize()];
                 record_regex(rr, value, &mut s.state[rr.rule], mi);
             }
         }
@@ -388,6 +411,7 @@ impl CompiledRules {
             factor_hits: Vec::new(),
             spans: Vec::new(),
             value_no: 0,
+            patsets: Vec::new(),
         };
         for (mi, m) in self.matchers.iter().enumerate() {
             s.stamp.clear();
@@ -511,8 +535,10 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 }
                 t_re += s.elapsed();
                 let s = Instant::now();
-                for (set, _) in &m.sets {
-                    set_hits += set.matches(value).iter().count() as u64;
+                for (set, members) in &m.sets {
+                    let mut ps = PatternSet::new(members.len());
+                    set.which_overlapping_matches(&Input::new(value), &mut ps);
+                    set_hits += ps.len() as u64;
                 }
                 t_set += s.elapsed();
             });
