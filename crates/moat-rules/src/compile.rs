@@ -172,6 +172,15 @@ pub(crate) struct TargetMatcher {
     pub(crate) sets: Vec<(ra::Regex, Vec<RegexRule>)>,
 }
 
+/// A meta rule, in evaluation order.
+#[derive(Debug, Clone)]
+pub(crate) struct MetaRule {
+    pub(crate) rule: usize,
+    pub(crate) expr: Expr<usize>,
+    /// Every rule the expression refers to.
+    pub(crate) deps: Box<[usize]>,
+}
+
 /// A pack test resolved against its pack.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledTest {
@@ -190,7 +199,11 @@ pub struct CompiledRules {
     pub(crate) rules: Vec<RuleInfo>,
     pub(crate) matchers: Vec<TargetMatcher>,
     /// Meta rules in evaluation order (dependencies first).
-    pub(crate) metas: Vec<(usize, Expr<usize>)>,
+    pub(crate) metas: Vec<MetaRule>,
+    /// Per rule, its count on a message no rule matched: 0 for matchers, the value of
+    /// each meta rule then. A meta rule whose references all still have these counts
+    /// has its baseline value without being evaluated.
+    pub(crate) baseline: Vec<u32>,
     pub(crate) tests: Vec<CompiledTest>,
     pub(crate) fingerprint: u64,
     pub(crate) compile_time: Duration,
@@ -649,11 +662,28 @@ pub(crate) fn compile(
         automata_ms = (started.elapsed() - regexes_built).as_millis() as u64,
         "rules compiled"
     );
+    let mut baseline = vec![0u32; rules.len()];
+    let metas: Vec<MetaRule> = metas
+        .into_iter()
+        .map(|(rule, expr)| {
+            let mut deps = Vec::new();
+            expr.visit(&mut |r| deps.push(*r));
+            deps.sort_unstable();
+            deps.dedup();
+            baseline[rule] = u32::from(expr.eval(&baseline) != 0.0);
+            MetaRule {
+                rule,
+                expr,
+                deps: deps.into(),
+            }
+        })
+        .collect();
     Ok(CompiledRules {
         packs,
         rules,
         matchers,
         metas,
+        baseline,
         tests,
         fingerprint,
         compile_time: started.elapsed(),

@@ -427,10 +427,17 @@ impl CompiledRules {
             }
         }
         let mut counts: Vec<u32> = s.state.iter().map(|r| r.count).collect();
-        for (rule, expr) in &self.metas {
-            let hit = expr.eval(&counts) != 0.0;
-            counts[*rule] = u32::from(hit);
-            s.state[*rule].count = u32::from(hit);
+        for m in &self.metas {
+            // Most rules match nothing in a message: a meta rule whose references all have
+            // their baseline counts has its baseline value.
+            let unchanged = m.deps.iter().all(|d| counts[*d] == self.baseline[*d]);
+            let hit = if unchanged {
+                self.baseline[m.rule]
+            } else {
+                u32::from(m.expr.eval(&counts) != 0.0)
+            };
+            counts[m.rule] = hit;
+            s.state[m.rule].count = hit;
         }
         let packs = self
             .packs

@@ -254,6 +254,13 @@ literals = ["!"]
         ("A + B + C > 2", "alpha beta", "!", true),
         ("M2", "alpha beta", "", true),
         ("!M2", "alpha", "", true),
+        // True on a message nothing matched (the baseline), false once a reference hits.
+        ("!A", "", "", true),
+        ("!A", "alpha", "", false),
+        ("!M2 && !C", "", "", true),
+        ("!M2 && !C", "alpha beta", "", false),
+        ("count(A, B) == 0", "", "", true),
+        ("count(A, B) == 0", "beta", "", false),
     ];
     for (expr, body, subject, want) in cases {
         let rules = format!(
