@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use rayon::prelude::*;
 use regex::bytes::RegexBuilder;
 use regex_automata::meta as ra;
 
 use crate::error::{Error, Problem, Step};
+use crate::literals::Literals;
 use crate::loader::{LoadedPack, line_of};
 use crate::meta::{self, Expr, NameRef};
 use crate::reach::{RareBytes, Reach};
@@ -157,7 +157,7 @@ pub(crate) struct Clause {
 #[derive(Debug, Clone)]
 pub(crate) struct TargetMatcher {
     pub(crate) target: Target,
-    pub(crate) ac: Option<AhoCorasick>,
+    pub(crate) literals: Option<Literals>,
     /// Indexed by automaton pattern id.
     pub(crate) consumers: Vec<Vec<Consumer>>,
     /// The automaton's patterns (lower-cased), for diagnostics.
@@ -829,18 +829,10 @@ impl TargetBuild {
     }
 
     fn build(self, target: Target, opts: &CompileOptions) -> Result<TargetMatcher, Problem> {
-        let ac = if self.patterns.is_empty() {
+        let literals = if self.patterns.is_empty() {
             None
         } else {
-            let bytes: usize = self.patterns.iter().map(Vec::len).sum();
-            let mut b = AhoCorasick::builder();
-            b.ascii_case_insensitive(true)
-                .match_kind(MatchKind::Standard);
-            // A DFA is the fastest searcher; keep it for automata of reasonable size.
-            if bytes <= 256 * 1024 {
-                b.kind(Some(AhoCorasickKind::DFA));
-            }
-            Some(b.build(&self.patterns).map_err(|e| {
+            Some(Literals::new(&self.patterns).map_err(|e| {
                 Problem::new("", format!("cannot build the automaton for {target}: {e}"))
             })?)
         };
@@ -892,7 +884,7 @@ impl TargetBuild {
         }
         Ok(TargetMatcher {
             target,
-            ac,
+            literals,
             consumers: self.consumers,
             patterns: self.patterns,
             factored: self.factored,

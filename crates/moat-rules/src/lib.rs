@@ -49,6 +49,7 @@ mod compile;
 mod error;
 mod factor;
 pub mod import;
+mod literals;
 mod loader;
 mod meta;
 mod packtest;

@@ -119,6 +119,10 @@ struct RuleState {
 }
 
 struct Scratch {
+    /// Literal occurrences in the current value.
+    occurrences: Vec<crate::literals::Occurrence>,
+    /// The current value lower-cased, for the literal search.
+    lowered: Vec<u8>,
     state: Vec<RuleState>,
     /// Per clause: the value number its mask belongs to.
     stamp: Vec<u64>,
@@ -263,10 +267,12 @@ impl TargetMatcher {
     /// The reference for the fast path: literals through the automaton, but every regex of
     /// the target run over the whole value, with no factor, window or set.
     fn scan_value_reference(&self, mi: usize, value: &[u8], s: &mut Scratch) {
-        if let Some(ac) = &self.ac {
-            for m in ac.find_overlapping_iter(value) {
-                let span = &value[m.start()..m.end()];
-                for c in &self.consumers[m.pattern().as_usize()] {
+        if let Some(lits) = &self.literals {
+            let mut occurrences = std::mem::take(&mut s.occurrences);
+            lits.find_all(value, &mut occurrences, &mut s.lowered);
+            for &(pat, start, end) in &occurrences {
+                let span = &value[start..end];
+                for c in &self.consumers[pat as usize] {
                     if let Consumer::Literal {
                         rule,
                         exact,
@@ -278,8 +284,8 @@ impl TargetMatcher {
                             continue;
                         }
                         if *word {
-                            let before = m.start().checked_sub(1).map(|i| value[i]);
-                            let after = value.get(m.end()).copied();
+                            let before = start.checked_sub(1).map(|i| value[i]);
+                            let after = value.get(end).copied();
                             if before.is_some_and(is_word_byte) || after.is_some_and(is_word_byte) {
                                 continue;
                             }
@@ -288,6 +294,7 @@ impl TargetMatcher {
                     }
                 }
             }
+            s.occurrences = occurrences;
         }
         let set_members = self.sets.iter().flat_map(|(_, members)| members);
         let byte_filtered = self.byte_filtered.iter().map(|(_, rr)| rr);
@@ -299,10 +306,12 @@ impl TargetMatcher {
     fn scan_value(&self, mi: usize, value: &[u8], s: &mut Scratch) {
         s.value_no += 1;
         s.candidates.clear();
-        if let Some(ac) = &self.ac {
-            for m in ac.find_overlapping_iter(value) {
-                let span = &value[m.start()..m.end()];
-                for c in &self.consumers[m.pattern().as_usize()] {
+        if let Some(lits) = &self.literals {
+            let mut occurrences = std::mem::take(&mut s.occurrences);
+            lits.find_all(value, &mut occurrences, &mut s.lowered);
+            for &(pat, start, end) in &occurrences {
+                let span = &value[start..end];
+                for c in &self.consumers[pat as usize] {
                     match c {
                         Consumer::Literal {
                             rule,
@@ -314,8 +323,8 @@ impl TargetMatcher {
                                 continue;
                             }
                             if *word {
-                                let before = m.start().checked_sub(1).map(|i| value[i]);
-                                let after = value.get(m.end()).copied();
+                                let before = start.checked_sub(1).map(|i| value[i]);
+                                let after = value.get(end).copied();
                                 if before.is_some_and(is_word_byte)
                                     || after.is_some_and(is_word_byte)
                                 {
@@ -332,7 +341,7 @@ impl TargetMatcher {
                             }
                             s.mask[c] |= 1 << bit;
                             let cl = self.clauses[c];
-                            s.factor_hits.push((cl.regex, m.start(), m.end()));
+                            s.factor_hits.push((cl.regex, start, end));
                             if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
                                 s.queued[cl.regex] = s.value_no;
                                 s.candidates.push(cl.regex);
@@ -341,6 +350,7 @@ impl TargetMatcher {
                     }
                 }
             }
+            s.occurrences = occurrences;
         }
         if !s.candidates.is_empty() {
             // Occurrences of the candidates' factors, grouped per regex in value order.
@@ -403,6 +413,8 @@ impl CompiledRules {
 
     fn scan_with(&self, targets: &Targets<'_>, reference: bool) -> ScanResult {
         let mut s = Scratch {
+            occurrences: Vec::new(),
+            lowered: Vec::new(),
             state: vec![RuleState::default(); self.rules.len()],
             stamp: Vec::new(),
             mask: Vec::new(),
@@ -509,12 +521,14 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 n += 1;
                 let mut cands = Vec::new();
                 let s = Instant::now();
-                if let Some(ac) = &m.ac {
-                    for hit in ac.find_overlapping_iter(value) {
+                if let Some(lits) = &m.literals {
+                    let mut occurrences = Vec::new();
+                    lits.find_all(value, &mut occurrences, &mut Vec::new());
+                    for &(pat, _, _) in &occurrences {
                         ac_hits += 1;
-                        per_pattern[hit.pattern().as_usize()] += 1;
-                        consumer_visits += m.consumers[hit.pattern().as_usize()].len() as u64;
-                        for c in &m.consumers[hit.pattern().as_usize()] {
+                        per_pattern[pat as usize] += 1;
+                        consumer_visits += m.consumers[pat as usize].len() as u64;
+                        for c in &m.consumers[pat as usize] {
                             if let Consumer::Factor { clause: i, bit } = c {
                                 if stamp[*i] != n {
                                     stamp[*i] = n;
