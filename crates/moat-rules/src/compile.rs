@@ -116,10 +116,12 @@ pub struct TargetStats {
 /// What an automaton pattern feeds when it is found.
 #[derive(Debug, Clone)]
 pub(crate) enum Consumer {
-    /// A literal or word of a rule; `exact` is set when case must match.
+    /// A literal or word of a rule; `exact` is set when case must match, `caseless` when
+    /// the literal holds white space, which the search folds (a tab finds a space).
     Literal {
         rule: usize,
         exact: Option<Box<[u8]>>,
+        caseless: Option<Box<[u8]>>,
         word: bool,
         /// The rule's `max_hits`.
         limit: u32,
@@ -598,6 +600,9 @@ pub(crate) fn compile(
                         Consumer::Literal {
                             rule: p.global,
                             exact: p.case_sensitive.then(|| bytes.clone().into_boxed_slice()),
+                            caseless: (!p.case_sensitive
+                                && bytes.iter().any(|b| crate::literals::canon(*b) == b' '))
+                            .then(|| bytes.clone().into_boxed_slice()),
                             word: *word,
                             limit: rules[p.global].max_hits,
                         },
@@ -811,10 +816,11 @@ struct TargetBuild {
 }
 
 impl TargetBuild {
-    /// Patterns are keyed by their ASCII-lowercase form: the automaton is case-insensitive
-    /// and exact-case literals are verified on each hit.
+    /// Patterns are keyed by their folded form (the literal search folds ASCII case and
+    /// white space); exact-case literals and literals with white space are verified on
+    /// each hit.
     fn add_literal(&mut self, bytes: &[u8], consumer: Consumer) {
-        let key = bytes.to_ascii_lowercase();
+        let key = crate::literals::canonical(bytes);
         let id = match self.index.get(&key) {
             Some(id) => *id,
             None => {

@@ -13,6 +13,7 @@ use regex_syntax::hir::{
     Repetition,
 };
 
+use crate::literals::{canon, canonical};
 use crate::rarity;
 
 /// Shortest factor worth a place in the automaton (a shorter one is too common, and a
@@ -29,8 +30,8 @@ const MAX_TRIGGER_PER_KIB: f64 = 16.0;
 /// commoner one costs more automaton hits than the regex searches it saves.
 const MAX_EXTRA_PER_KIB: f64 = 0.5;
 
-/// A factor set, ASCII-lowercased (the automaton matches ASCII case-insensitively), with
-/// every literal that contains another member removed.
+/// A factor set, folded like the literal search folds values, with every literal that
+/// contains another member removed.
 #[derive(Debug, Clone, PartialEq)]
 struct Factors {
     lits: Vec<Vec<u8>>,
@@ -41,7 +42,7 @@ struct Factors {
 
 impl Factors {
     fn new(lits: impl IntoIterator<Item = Vec<u8>>) -> Option<Factors> {
-        let mut lits: Vec<Vec<u8>> = lits.into_iter().map(|l| l.to_ascii_lowercase()).collect();
+        let mut lits: Vec<Vec<u8>> = lits.into_iter().map(|l| canonical(&l)).collect();
         lits.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         lits.dedup();
         // Containment removal is quadratic; far too many literals will not shrink enough.
@@ -76,19 +77,20 @@ impl Factors {
     }
 }
 
-/// `hir` with every ASCII letter lower-cased, in literals and classes: the factors of the
-/// result are factors of the original for a case-insensitive automaton, and a
-/// case-insensitive regex (`[Pp][Aa][Ss][Ss]`) yields one literal instead of sixteen
-/// variants, which keeps the extractor within its limits.
+/// `hir` with every byte folded by [`canon`] (ASCII letters lower-cased, white space as a
+/// space), in literals and classes: the factors of the result are factors of the original
+/// for the literal search, which folds values the same way. A case-insensitive regex
+/// (`[Pp][Aa][Ss][Ss]`) yields one literal instead of sixteen variants, which keeps the
+/// extractor within its limits, and `\s` becomes a space, so factors span words.
 fn fold(hir: &Hir) -> Hir {
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => hir.clone(),
-        HirKind::Literal(l) => Hir::literal(l.0.to_ascii_lowercase()),
+        HirKind::Literal(l) => Hir::literal(canonical(&l.0)),
         HirKind::Class(Class::Bytes(c)) => {
             let mut set = [false; 256];
             for r in c.ranges() {
                 for b in r.start()..=r.end() {
-                    set[usize::from(b.to_ascii_lowercase())] = true;
+                    set[usize::from(canon(b))] = true;
                 }
             }
             let bytes: Vec<u8> = (0..=255u8).filter(|b| set[usize::from(*b)]).collect();
@@ -105,7 +107,7 @@ fn fold(hir: &Hir) -> Hir {
                 let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
                 if lo < 0x80 {
                     for b in lo as u8..=hi.min(0x7f) as u8 {
-                        let l = char::from(b.to_ascii_lowercase());
+                        let l = char::from(canon(b));
                         ranges.push(ClassUnicodeRange::new(l, l));
                     }
                 }
@@ -155,7 +157,7 @@ fn prefixes(hir: &Hir) -> Option<Factors> {
     let lits: Vec<Vec<u8>> = seq
         .literals()?
         .iter()
-        .map(|l| l.as_bytes().to_ascii_lowercase())
+        .map(|l| canonical(l.as_bytes()))
         .collect();
     // Prefixes of required literals are required too; a shorter cut may collapse variants
     // (`click\t`, `click\n`, ... into `click`).
@@ -364,8 +366,9 @@ mod tests {
             // `k` also matches KELVIN SIGN: the text before it, or the sign itself (three
             // bytes in UTF-8).
             (r"(?i)kick\s+\d", Some(&["kic", "\u{212a}"])),
-            // Six variants (`click\t`, `click\n`, ...) cost more than the one literal.
-            (r"(?i-u)click\s+here", Some(&["click"])),
+            // White space is folded to a space, so `\s` adds no variants.
+            (r"(?i-u)click\s+here", Some(&["click "])),
+            (r"(?i-u)[a-z0-9]{6}\s{8}[a-z0-9]{5}", Some(&["        "])),
             (r"\d+% off", Some(&["% off"])),
             // One rare literal beats two rarer ones.
             ("(?:cheap|discount) meds", Some(&[" meds"])),

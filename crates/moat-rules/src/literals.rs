@@ -1,11 +1,11 @@
-//! Finding every occurrence of a target's literals (rule literals and regex factors), ASCII
-//! case-insensitively, overlapping.
+//! Finding every occurrence of a target's literals (rule literals and regex factors),
+//! overlapping, in the value folded by [`canon`] (ASCII case and white space).
 //!
 //! A small set goes to an aho-corasick automaton. A large one (the thousands of factors of
 //! an imported SpamAssassin pack) makes that automaton's transition table too big for the
 //! CPU caches, and every byte of the value costs a cache miss. For those, each literal is
 //! anchored on its rarest three bytes ([`crate::rarity`]); one pass over the value hashes
-//! every three-byte window into an 8 KiB bit filter, and only the windows whose bit is set
+//! every three-byte window of the folded value into an 8 KiB bit filter, and only the windows whose bit is set
 //! look up the literals anchored there and compare them. This is the idea of Hyperscan's
 //! FDR, without its SIMD.
 //!
@@ -66,8 +66,7 @@ pub(crate) struct Anchored {
 fn automaton(patterns: &[Vec<u8>]) -> Result<AhoCorasick, String> {
     let bytes: usize = patterns.iter().map(Vec::len).sum();
     let mut b = AhoCorasick::builder();
-    b.ascii_case_insensitive(true)
-        .match_kind(MatchKind::Standard);
+    b.match_kind(MatchKind::Standard);
     // A DFA is the fastest searcher; keep it for automata of reasonable size.
     if bytes <= 256 * 1024 {
         b.kind(Some(AhoCorasickKind::DFA));
@@ -75,11 +74,36 @@ fn automaton(patterns: &[Vec<u8>]) -> Result<AhoCorasick, String> {
     b.build(patterns).map_err(|e| e.to_string())
 }
 
+/// The byte the literal search sees for `b`: ASCII letters lower-cased, and every ASCII
+/// white-space byte (`\t \n \v \f \r`) as a space. Literals and regex factors are
+/// folded the same way, so `\s` in a regex is a space in its factors and `click\s+here`
+/// yields the factor `click here`.
+#[inline]
+pub(crate) fn canon(b: u8) -> u8 {
+    const TABLE: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            let b = i as u8;
+            t[i] = match b {
+                b'\t' | b'\n' | 0x0b | 0x0c | b'\r' => b' ',
+                _ => b.to_ascii_lowercase(),
+            };
+            i += 1;
+        }
+        t
+    };
+    TABLE[usize::from(b)]
+}
+
+/// `bytes` folded with [`canon`].
+pub(crate) fn canonical(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().map(|&b| canon(b)).collect()
+}
+
 #[inline]
 fn key(a: u8, b: u8, c: u8) -> u32 {
-    u32::from(a.to_ascii_lowercase())
-        | u32::from(b.to_ascii_lowercase()) << 8
-        | u32::from(c.to_ascii_lowercase()) << 16
+    u32::from(a) | u32::from(b) << 8 | u32::from(c) << 16
 }
 
 #[inline]
@@ -88,7 +112,7 @@ fn spread(key: u32) -> u32 {
 }
 
 impl Literals {
-    /// A searcher for `patterns` (ASCII-lowercased, non-empty, distinct).
+    /// A searcher for `patterns` (folded with [`canon`], non-empty, distinct).
     pub(crate) fn new(patterns: &[Vec<u8>]) -> Result<Literals, String> {
         if patterns.len() < FILTER_FROM {
             return automaton(patterns).map(Literals::Automaton);
@@ -160,19 +184,20 @@ impl Literals {
         })))
     }
 
-    /// Every occurrence in `hay`, appended to `out` (cleared first) by end, longest first.
-    /// `lowered` is scratch space.
-    pub(crate) fn find_all(&self, hay: &[u8], out: &mut Vec<Occurrence>, lowered: &mut Vec<u8>) {
+    /// Every occurrence in `hay` of a literal, both folded with [`canon`], appended to
+    /// `out` (cleared first) by end, longest first. `folded` is scratch space.
+    pub(crate) fn find_all(&self, hay: &[u8], out: &mut Vec<Occurrence>, folded: &mut Vec<u8>) {
         out.clear();
+        folded.clear();
+        folded.extend(hay.iter().map(|&b| canon(b)));
+        let hay = &folded[..];
         match self {
             Literals::Automaton(ac) => out.extend(
                 ac.find_overlapping_iter(hay)
                     .map(|m| (m.pattern().as_u32(), m.start(), m.end())),
             ),
             Literals::Anchored(a) => {
-                lowered.clear();
-                lowered.extend(hay.iter().map(u8::to_ascii_lowercase));
-                a.find_all(lowered, out);
+                a.find_all(hay, out);
                 if let Some((ac, ids)) = &a.short {
                     out.extend(
                         ac.find_overlapping_iter(hay)
@@ -186,7 +211,7 @@ impl Literals {
 }
 
 impl Anchored {
-    /// The occurrences of the anchored literals in `hay`, already ASCII-lowercased.
+    /// The occurrences of the anchored literals in `hay`, already folded.
     fn find_all(&self, hay: &[u8], out: &mut Vec<Occurrence>) {
         if hay.len() >= ANCHOR {
             let mask = (1usize << self.slot_bits) - 1;

@@ -14,10 +14,13 @@
 //!   smoothed towards English letter frequencies), which ranks strings the text does not
 //!   hold: `"one"` is far commoner than its letters' frequencies multiplied.
 //!
-//! Both are ASCII case-insensitive, like the automaton.
+//! Both see text folded like the literal search sees it (ASCII case and white space,
+//! [`crate::literals::canon`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+
+use crate::literals::canonical;
 
 /// Ordinary mail text, written for this estimate (not taken from any corpus).
 pub(crate) const REFERENCE: &str = include_str!("background.txt");
@@ -69,7 +72,7 @@ const PRIOR_PAIRS: f64 = 5.0;
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let text = REFERENCE.as_bytes().to_ascii_lowercase();
+        let text = canonical(REFERENCE.as_bytes());
         let mut grams: HashMap<Box<[u8]>, u32> = HashMap::new();
         for i in 0..text.len() {
             for n in 1..=MAX_GRAM.min(text.len() - i) {
@@ -107,8 +110,15 @@ fn model() -> &'static Model {
     })
 }
 
-/// Frequency of a byte whatever its case, per 10,000 bytes.
+/// Frequency of a byte as the literal search sees it (any case; a space stands for any
+/// white space), per 10,000 bytes.
 fn folded_frequency(b: u8) -> u32 {
+    if b == b' ' {
+        return [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r']
+            .map(frequency)
+            .iter()
+            .sum();
+    }
     let (lower, upper) = (b.to_ascii_lowercase(), b.to_ascii_uppercase());
     if lower == upper {
         frequency(b)
@@ -119,7 +129,7 @@ fn folded_frequency(b: u8) -> u32 {
 
 /// Expected occurrences of `lit` per KiB of mail text, ASCII case-insensitively.
 pub(crate) fn per_kib(lit: &[u8]) -> f64 {
-    let lower = lit.to_ascii_lowercase();
+    let lower = canonical(lit);
     let Some((&first, _)) = lower.split_first() else {
         return 1024.0;
     };

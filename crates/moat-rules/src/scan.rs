@@ -276,11 +276,16 @@ impl TargetMatcher {
                     if let Consumer::Literal {
                         rule,
                         exact,
+                        caseless,
                         word,
                         limit,
                     } = c
                     {
-                        if exact.as_deref().is_some_and(|e| e != span) {
+                        if exact.as_deref().is_some_and(|e| e != span)
+                            || caseless
+                                .as_deref()
+                                .is_some_and(|e| !e.eq_ignore_ascii_case(span))
+                        {
                             continue;
                         }
                         if *word {
@@ -316,10 +321,15 @@ impl TargetMatcher {
                         Consumer::Literal {
                             rule,
                             exact,
+                            caseless,
                             word,
                             limit,
                         } => {
-                            if exact.as_deref().is_some_and(|e| e != span) {
+                            if exact.as_deref().is_some_and(|e| e != span)
+                                || caseless
+                                    .as_deref()
+                                    .is_some_and(|e| !e.eq_ignore_ascii_case(span))
+                            {
                                 continue;
                             }
                             if *word {

@@ -690,3 +690,25 @@ fn max_hits_stops_counting() {
         .unwrap();
     assert_eq!(first.matched.as_deref(), Some("abc1"));
 }
+
+#[test]
+fn literals_with_white_space_match_it_exactly() {
+    // The literal search folds white space to a space; a literal holding a tab still
+    // matches only a tab (in any letter case unless case-sensitive).
+    let rules = "[[rule]]\nid = \"TAB\"\ntarget = \"subject\"\nliterals = [\"a\\tb\"]\n\
+                 [[rule]]\nid = \"TAB_EXACT\"\ntarget = \"subject\"\nliterals = [\"a\\tb\"]\ncase_sensitive = true\n\
+                 [[rule]]\nid = \"SPACE\"\ntarget = \"subject\"\nliterals = [\"a b\"]\n";
+    let cases: &[(&str, &[&str])] = &[
+        ("a\tb", &["TAB", "TAB_EXACT"]),
+        ("A\tB", &["TAB"]),
+        ("a b", &["SPACE"]),
+        ("a\nb", &[]),
+    ];
+    for (subject, want) in cases {
+        let got: Vec<String> = hits(rules, &one(Field::Subject, subject))
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(got, *want, "{subject:?}");
+    }
+}
