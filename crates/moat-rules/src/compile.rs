@@ -861,13 +861,21 @@ impl TargetBuild {
             })
             .collect();
         order.sort_unstable();
-        let set_patterns: Vec<String> = order
-            .iter()
-            .map(|o| self.set_patterns[o.2].clone())
-            .collect();
-        let set_rules: Vec<RegexRule> = order.iter().map(|o| self.set_rules[o.2].clone()).collect();
+        // Chunks never mix the two groups: one member that does not match early keeps a set
+        // searching to the end of the value.
+        let groups = order
+            .chunk_by(|a, b| a.0 == b.0)
+            .flat_map(|group| group.chunks(chunk));
         let mut sets = Vec::new();
-        for (pats, rules) in set_patterns.chunks(chunk).zip(set_rules.chunks(chunk)) {
+        for members in groups {
+            let pats: Vec<&str> = members
+                .iter()
+                .map(|o| self.set_patterns[o.2].as_str())
+                .collect();
+            let rules: Vec<RegexRule> = members
+                .iter()
+                .map(|o| self.set_rules[o.2].clone())
+                .collect();
             let config = ra::Config::new()
                 .match_kind(regex_automata::MatchKind::All)
                 .utf8_empty(false)
@@ -876,7 +884,7 @@ impl TargetBuild {
             let set = ra::Builder::new()
                 .configure(config)
                 .syntax(regex_automata::util::syntax::Config::new().utf8(false))
-                .build_many(pats)
+                .build_many(&pats)
                 .map_err(|e| {
                     Problem::new(
                         "",
@@ -886,7 +894,7 @@ impl TargetBuild {
                         ),
                     )
                 })?;
-            sets.push((set, rules.to_vec()));
+            sets.push((set, rules));
         }
         Ok(TargetMatcher {
             target,
