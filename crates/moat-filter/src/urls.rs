@@ -1,6 +1,7 @@
 //! URL extraction from text and HTML: plain URLs, `www.` forms, HTML attributes (with
 //! entities decoded), scheme-relative links and defanged forms (`hxxp`, `[.]`, `(dot)`).
 
+use memchr::memmem;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -62,7 +63,10 @@ fn undefang(text: &str) -> Cow<'_, str> {
         ("[dot]", "."),
         ("(dot)", "."),
     ];
-    if !MARKS.iter().any(|(m, _)| text.contains(m)) {
+    if !MARKS
+        .iter()
+        .any(|(m, _)| memmem::find(text.as_bytes(), m.as_bytes()).is_some())
+    {
         return Cow::Borrowed(text);
     }
     let mut s = text.to_string();
@@ -85,7 +89,8 @@ pub(crate) fn from_text(text: &str, sink: &mut UrlSink) {
     while i < lower.len() && !sink.full() {
         for k in 0..PREFIXES.len() {
             if !fresh[k] || (next[k] != usize::MAX && next[k] < i) {
-                next[k] = lower[i..].find(PREFIXES[k]).map_or(usize::MAX, |at| i + at);
+                next[k] = memmem::find(&lower.as_bytes()[i..], PREFIXES[k].as_bytes())
+                    .map_or(usize::MAX, |at| i + at);
                 fresh[k] = true;
             }
         }
@@ -177,7 +182,7 @@ pub(crate) fn from_html(html: &str, sink: &mut UrlSink) {
     let lower = html.to_ascii_lowercase();
     for attr in ["href", "src", "action", "background", "formaction"] {
         let mut from = 0;
-        while let Some(p) = lower[from..].find(attr) {
+        while let Some(p) = memmem::find(&lower.as_bytes()[from..], attr.as_bytes()) {
             let at = from + p;
             from = at + attr.len();
             let before_ok = lower[..at]
