@@ -114,17 +114,19 @@ pub struct Extracted<'a> {
 /// before the parser builds anything.
 fn count_content_types(raw: &[u8]) -> usize {
     const NEEDLE: &[u8] = b"content-type:";
-    raw.split(|b| *b == b'\n')
-        .filter(|line| {
-            line.len() >= NEEDLE.len() && line[..NEEDLE.len()].eq_ignore_ascii_case(NEEDLE)
+    std::iter::once(0)
+        .chain(memchr::memchr_iter(b'\n', raw).map(|i| i + 1))
+        .filter(|&start| {
+            raw.get(start..start + NEEDLE.len())
+                .is_some_and(|l| l.eq_ignore_ascii_case(NEEDLE))
         })
         .count()
 }
 
 /// Offset of the first byte after the top-level header block.
 fn body_offset(raw: &[u8]) -> usize {
-    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = memchr::memmem::find(raw, b"\r\n\r\n").map(|p| p + 4);
+    let lf = memchr::memmem::find(raw, b"\n\n").map(|p| p + 2);
     match (crlf, lf) {
         (Some(a), Some(b)) => a.min(b),
         (a, b) => a.or(b).unwrap_or(raw.len()),
