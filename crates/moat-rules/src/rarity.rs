@@ -144,8 +144,18 @@ pub(crate) fn per_kib(lit: &[u8]) -> f64 {
         .map(|w| m.grams.get(w).copied().unwrap_or(0))
         .min()
         .unwrap_or(0);
-    (1024.0 * chain).max(f64::from(seen) / m.kib)
+    let estimate = (1024.0 * chain).max(f64::from(seen) / m.kib);
+    if lower.len() >= 2 && lower.iter().all(|&b| b == first) {
+        // A run of one byte (`"        "`, `"----"`) occurs at every offset of every longer
+        // run in the text: a storm of overlapping hits that the estimate does not see.
+        return estimate.max(RUN_PER_KIB);
+    }
+    estimate
 }
+
+/// Least cost of a literal that repeats one byte: above the most a regex's factors may
+/// cost, so such a literal is never chosen as a factor.
+const RUN_PER_KIB: f64 = 32.0;
 
 /// Least cost counted for one literal: every literal also makes the automaton larger and
 /// slower, so many rare variants (`click\t`, `click\n`, ...) do not beat one literal
