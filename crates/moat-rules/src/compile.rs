@@ -144,6 +144,9 @@ pub(crate) struct RegexRule {
     pub(crate) pattern: Arc<str>,
     /// Where its matches can lie around a factor it must contain.
     pub(crate) reach: Reach,
+    /// Every match starts at an occurrence of a trigger factor (bit 0 of its clauses): it
+    /// is searched anchored there instead of in windows.
+    pub(crate) anchored: bool,
 }
 
 /// One way for a factored regex to become a candidate: all of its factor sets found.
@@ -615,6 +618,7 @@ pub(crate) fn compile(
                             re: c.re.clone(),
                             pattern: c.pattern.clone(),
                             reach: c.reach.clone(),
+                            anchored: !factors.is_empty() && factors.iter().all(|f| f.starts),
                         };
                         if let Some(rare) = &c.rare {
                             tb.byte_filtered.push((rare.clone(), rr));
@@ -628,9 +632,9 @@ pub(crate) fn compile(
                                 let ci = tb.clauses.len();
                                 tb.clauses.push(Clause {
                                     regex: idx,
-                                    full_mask: ((1u16 << clause.len()) - 1) as u8,
+                                    full_mask: ((1u16 << clause.sets.len()) - 1) as u8,
                                 });
-                                for (bit, set) in clause.iter().enumerate() {
+                                for (bit, set) in clause.sets.iter().enumerate() {
                                     for l in set {
                                         let bit = bit as u8;
                                         tb.add_literal(l, Consumer::Factor { clause: ci, bit });
@@ -740,7 +744,7 @@ fn effective(pattern: &str, case_sensitive: bool) -> String {
 struct CompiledRegex {
     re: ra::Regex,
     pattern: Arc<str>,
-    clauses: Vec<Vec<Vec<Vec<u8>>>>,
+    clauses: Vec<factor::FactorClause>,
     reach: Reach,
     /// Only for regexes without clauses.
     rare: Option<RareBytes>,

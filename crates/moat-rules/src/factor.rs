@@ -31,7 +31,7 @@ const MAX_TRIGGER_PER_KIB: f64 = 16.0;
 const MAX_EXTRA_PER_KIB: f64 = 0.5;
 
 /// A factor set, folded like the literal search folds values, with every literal that
-/// contains another member removed.
+/// contains another member removed (for a set of prefixes: that begins with another).
 #[derive(Debug, Clone, PartialEq)]
 struct Factors {
     lits: Vec<Vec<u8>>,
@@ -41,7 +41,9 @@ struct Factors {
 }
 
 impl Factors {
-    fn new(lits: impl IntoIterator<Item = Vec<u8>>) -> Option<Factors> {
+    /// The set of `lits`. With `prefixes`, the literals begin every match, and only a
+    /// literal that begins with another member is dropped, so that they still do.
+    fn new(lits: impl IntoIterator<Item = Vec<u8>>, prefixes: bool) -> Option<Factors> {
         let mut lits: Vec<Vec<u8>> = lits.into_iter().map(|l| canonical(&l)).collect();
         lits.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         lits.dedup();
@@ -51,7 +53,12 @@ impl Factors {
         }
         let mut kept: Vec<Vec<u8>> = Vec::with_capacity(lits.len());
         for l in lits {
-            if !kept.iter().any(|k| contains(&l, k)) {
+            let redundant = if prefixes {
+                kept.iter().any(|k| l.starts_with(k))
+            } else {
+                kept.iter().any(|k| contains(&l, k))
+            };
+            if !redundant {
                 kept.push(l);
             }
         }
@@ -167,7 +174,7 @@ fn prefixes(hir: &Hir) -> Option<Factors> {
     let cuts = [MIN_LEN, 4, 5, 6, 8, 12, longest];
     for cut in cuts.into_iter().filter(|c| *c >= MIN_LEN && *c <= longest) {
         let cut_lits = lits.iter().map(|l| l[..l.len().min(cut)].to_vec());
-        found = better(found, Factors::new(cut_lits));
+        found = better(found, Factors::new(cut_lits, true));
     }
     found
 }
@@ -220,7 +227,7 @@ fn best(hir: &Hir, memo: &mut Memo) -> Option<Factors> {
                     _ => union = None,
                 }
             }
-            better(prefixes(hir), union.and_then(Factors::new))
+            better(prefixes(hir), union.and_then(|u| Factors::new(u, false)))
         }
         _ => prefixes(hir),
     };
@@ -235,22 +242,35 @@ const MAX_CLAUSES: usize = 16;
 /// literal of every factor set of that clause occurs. A top-level alternation gives one
 /// clause per branch; anything else gives one clause. Empty when some branch has no
 /// usable factor.
-pub(crate) fn clauses(hir: &Hir) -> Vec<Vec<Vec<Vec<u8>>>> {
+pub(crate) fn clauses(hir: &Hir) -> Vec<FactorClause> {
     let folded = fold(hir);
     let found = folded_clauses(&folded);
-    // Each clause's first set is its best; a regex is a candidate when any clause is
+    // Each clause's first set is its trigger; a regex is a candidate when any clause is
     // complete, so what it costs is the sum of those.
-    let trigger: f64 = found.iter().map(|c| c[0].per_kib).sum();
+    let trigger: f64 = found.iter().map(|c| c.0[0].per_kib).sum();
     if trigger > MAX_TRIGGER_PER_KIB {
         return Vec::new();
     }
     found
         .into_iter()
-        .map(|c| c.into_iter().map(|f| f.lits).collect())
+        .map(|(sets, starts)| FactorClause {
+            sets: sets.into_iter().map(|f| f.lits).collect(),
+            starts,
+        })
         .collect()
 }
 
-fn folded_clauses(hir: &Hir) -> Vec<Vec<Factors>> {
+/// One prefilter clause: factor sets every match (of one branch) contains a literal of
+/// each of, the first being the trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FactorClause {
+    pub(crate) sets: Vec<Vec<Vec<u8>>>,
+    /// Every match starts with a literal of the first set, exactly where it occurs: the
+    /// regex can be searched anchored at those occurrences instead of in windows.
+    pub(crate) starts: bool,
+}
+
+fn folded_clauses(hir: &Hir) -> Vec<(Vec<Factors>, bool)> {
     // Look through groups and through assertions around a single item (`\b(?:a|b)\b`):
     // an alternation there is still the whole of what must match.
     let mut top = hir;
@@ -274,13 +294,13 @@ fn folded_clauses(hir: &Hir) -> Vec<Vec<Factors>> {
     {
         let mut memo = Memo::default();
         let per_branch: Vec<_> = alts.iter().map(|a| required_all(a, &mut memo)).collect();
-        if per_branch.iter().all(|c| !c.is_empty()) {
+        if per_branch.iter().all(|c| !c.0.is_empty()) {
             return per_branch;
         }
         return Vec::new();
     }
     let all = required_all(hir, &mut Memo::default());
-    if all.is_empty() {
+    if all.0.is_empty() {
         Vec::new()
     } else {
         vec![all]
@@ -302,17 +322,29 @@ pub(crate) fn required(hir: &Hir) -> Option<Vec<Vec<u8>>> {
     best(&fold(hir), &mut Memo::default()).map(|f| f.lits)
 }
 
+/// How much commoner than the best factor set the set every match starts with may be and
+/// still be preferred as the trigger: an anchored search at a known start costs a fraction
+/// of a search of the window around an inner factor.
+const START_ALLOWANCE: f64 = 4.0;
+
 /// Up to [`MAX_SETS`] factor sets that every match contains one literal of *each* of: the
-/// best set overall, then rare sets of other parts of a top-level concatenation. A regex
-/// runs only on values where all of them were found. Empty when the regex has no usable
-/// factor.
-fn required_all(hir: &Hir, memo: &mut Memo) -> Vec<Factors> {
+/// trigger, then rare sets of other parts of a top-level concatenation. A regex runs only
+/// on values where all of them were found. The trigger is the set every match starts with
+/// when there is one not much commoner than the best set overall (the flag says so), else
+/// the best set. Empty when the regex has no usable factor.
+fn required_all(hir: &Hir, memo: &mut Memo) -> (Vec<Factors>, bool) {
     let mut top = hir;
     while let HirKind::Capture(c) = top.kind() {
         top = &c.sub;
     }
-    let Some(first) = best(top, memo) else {
-        return Vec::new();
+    let Some(best_set) = best(top, memo) else {
+        return (Vec::new(), false);
+    };
+    let (first, starts) = match prefixes(top) {
+        Some(p) if p.per_kib <= best_set.per_kib * START_ALLOWANCE + LITERAL_FLOOR_SLACK => {
+            (p, true)
+        }
+        _ => (best_set, false),
     };
     let mut chosen = vec![first];
     if let HirKind::Concat(subs) = top.kind() {
@@ -334,8 +366,12 @@ fn required_all(hir: &Hir, memo: &mut Memo) -> Vec<Factors> {
             }
         }
     }
-    chosen
+    (chosen, starts)
 }
+
+/// Expected hits per KiB a start set may exceed the allowance by: sets so rare that the
+/// estimate cannot tell them apart compare equal.
+const LITERAL_FLOOR_SLACK: f64 = 0.5;
 
 #[cfg(test)]
 mod tests {
@@ -414,6 +450,7 @@ mod tests {
                 .parse(re)
                 .unwrap();
             required_all(&fold(&hir), &mut Memo::default())
+                .0
                 .into_iter()
                 .map(|set| {
                     set.lits
@@ -423,17 +460,18 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        // `your` is common: requiring it too would cost more automaton hits than it saves.
+        // Every match starts with `your `: it triggers an anchored search (it is not much
+        // commoner than the best set), and the rarer `login`/`passw` must be found too.
         assert_eq!(
             sets(r"(?i-u)\byour\s+(?:password|login)\b"),
-            [vec!["login", "passw"]]
+            [vec!["your "], vec!["login", "passw"]]
         );
         // A set implied by another (a literal of one contains the other) is not repeated.
         assert_eq!(sets("lottery winner"), [vec!["lottery winner"]]);
         assert_eq!(sets(r"\d+"), Vec::<Vec<String>>::new());
         assert_eq!(
             sets(r"(?:abcd|defg)\d+wxyz\s+uvwx"),
-            [vec!["wxyz"], vec!["uvwx"], vec!["abcd", "defg"]]
+            [vec!["abcd", "defg"], vec!["wxyz"], vec!["uvwx"]]
         );
     }
 

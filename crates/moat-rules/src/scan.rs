@@ -1,7 +1,7 @@
 //! Scanning extracted targets with a [`CompiledRules`]: one automaton pass per target value,
 //! candidate regexes, the regex sets, then meta rules, scores and verdicts.
 
-use regex_automata::{Input, PatternSet};
+use regex_automata::{Anchored, Input, PatternSet};
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{CompiledRules, Consumer, RegexRule, RuleKind, TargetMatcher};
@@ -263,6 +263,45 @@ fn search_windows(
     }
 }
 
+/// Counts the matches of a regex whose every match starts at an occurrence of its trigger
+/// factor, by anchored searches at those occurrences (`hits`, sorted by start), with the
+/// same result as [`record_regex`] over the whole value: the first occurrence where an
+/// anchored search matches is the leftmost match start, an anchored search finds there the
+/// match an unanchored search would prefer, and the next match is searched for only from
+/// the end of the previous one, as the non-overlapping iteration does.
+fn search_anchored(
+    rr: &RegexRule,
+    value: &[u8],
+    hits: &[(usize, usize)],
+    state: &mut RuleState,
+    mi: usize,
+) {
+    let budget = budget(state, rr.limit);
+    if budget == 0 {
+        return;
+    }
+    let (mut count, mut first, mut from) = (0usize, None, 0usize);
+    let mut tried = None;
+    for &(start, _) in hits {
+        if start < from || tried == Some(start) {
+            continue;
+        }
+        tried = Some(start);
+        let input = Input::new(value).range(start..).anchored(Anchored::Yes);
+        if let Some(m) = rr.re.search(&input) {
+            first.get_or_insert((m.start(), m.end()));
+            count += 1;
+            from = m.end().max(m.start() + 1);
+            if count >= budget {
+                break;
+            }
+        }
+    }
+    if let Some((s, e)) = first {
+        record(state, mi, &value[s..e], count as u32, rr.limit);
+    }
+}
+
 impl TargetMatcher {
     /// The reference for the fast path: literals through the automaton, but every regex of
     /// the target run over the whole value, with no factor, window or set.
@@ -351,7 +390,10 @@ impl TargetMatcher {
                             }
                             s.mask[c] |= 1 << bit;
                             let cl = self.clauses[c];
-                            s.factor_hits.push((cl.regex, start, end));
+                            // An anchored regex is searched at its triggers' occurrences only.
+                            if *bit == 0 || !self.factored[cl.regex].anchored {
+                                s.factor_hits.push((cl.regex, start, end));
+                            }
                             if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
                                 s.queued[cl.regex] = s.value_no;
                                 s.candidates.push(cl.regex);
@@ -375,7 +417,11 @@ impl TargetMatcher {
                 s.spans.extend(rest[..n].iter().map(|h| (h.1, h.2)));
                 rest = &rest[n..];
                 let rr = &self.factored[idx];
-                search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+                if rr.anchored {
+                    search_anchored(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+                } else {
+                    search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+                }
             }
         }
         s.factor_hits.clear();

@@ -552,6 +552,10 @@ fn prefilter_agrees_with_plain_regex() {
         r"money.{0,10}$",
         r"(?m)money.{0,10}$",
         r"\w+@\w+\.example",
+        // Anchored at the occurrences of the literals every match starts with; one of
+        // them (`subscrib`) also occurs inside another (`unsubscrib`).
+        r"\b(?:un)?(?:subscrib|register)\w*",
+        r"\b(?:reply|respond)\b[^.]{0,20}\b(?:to|through)\b",
         // No literal factor: run around the rare bytes `@`, `%` and `$`.
         r"\b[a-z]{2,5}@[a-z]{2,5}\b",
         r"\d+%|\$\d+",
@@ -559,6 +563,9 @@ fn prefilter_agrees_with_plain_regex() {
     let texts: &[&[u8]] = &[
         b"please reset your  PASSWORD now",
         b"your login",
+        b"to unsubscribe, or to subscribe, or unregister",
+        b"xunsubscribe subscribed",
+        b"please reply directly to me. respond to",
         b"your pass word",
         b"we will lock up your mailbox",
         b"Your mailbox may be locked",
