@@ -119,18 +119,26 @@ impl Literals {
         }
         let mut short = Vec::new();
         let mut anchored: Vec<(u32, u32, u32)> = Vec::new();
+        // Literals sharing an anchor are all compared wherever it occurs: an anchor's cost
+        // grows with the literals already on it, which spreads large lists of similar
+        // literals over several anchors.
+        let mut load: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
         for (i, p) in patterns.iter().enumerate() {
             if p.len() < ANCHOR {
                 short.push(i);
                 continue;
             }
+            let cost = |off: usize| {
+                let k = key(p[off], p[off + 1], p[off + 2]);
+                let shared = load.get(&k).copied().unwrap_or(0) as f64;
+                rarity::per_kib(&p[off..off + ANCHOR]).max(0.01) * (1.0 + shared / 32.0)
+            };
             let off = (0..=p.len() - ANCHOR)
-                .min_by(|a, b| {
-                    rarity::per_kib(&p[*a..*a + ANCHOR])
-                        .total_cmp(&rarity::per_kib(&p[*b..*b + ANCHOR]))
-                })
+                .min_by(|a, b| cost(*a).total_cmp(&cost(*b)))
                 .unwrap_or(0);
-            anchored.push((key(p[off], p[off + 1], p[off + 2]), i as u32, off as u32));
+            let k = key(p[off], p[off + 1], p[off + 2]);
+            *load.entry(k).or_default() += 1;
+            anchored.push((k, i as u32, off as u32));
         }
         anchored.sort_unstable();
         let mut filter = vec![0u64; 1 << (FILTER_BITS - 6)];

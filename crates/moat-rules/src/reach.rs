@@ -53,6 +53,11 @@ impl Reach {
         self.whole
     }
 
+    /// Longest match in bytes; `None` when unbounded.
+    pub(crate) fn max_len(&self) -> Option<usize> {
+        self.max_len
+    }
+
     #[inline]
     fn has(&self, b: u8) -> bool {
         self.alphabet[usize::from(b >> 6)] & (1 << (b & 63)) != 0

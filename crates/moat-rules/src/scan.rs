@@ -263,6 +263,19 @@ fn search_windows(
     }
 }
 
+/// Longest match for which anchored searches are always used: each reads at most this
+/// many bytes, however many starts a value holds.
+const MAX_ANCHORED_REACH: usize = 1024;
+/// Most starts searched anchored in one value when matches are longer: each anchored search
+/// may read to the end of the value, so more would cost quadratic time, where the windows
+/// are searched once.
+const MAX_ANCHORED_STARTS: usize = 16;
+
+/// True when searching at every start in `hits` reads each byte a bounded number of times.
+fn anchored_is_linear(rr: &RegexRule, hits: &[(usize, usize)]) -> bool {
+    rr.reach.max_len().is_some_and(|m| m <= MAX_ANCHORED_REACH) || hits.len() <= MAX_ANCHORED_STARTS
+}
+
 /// Counts the matches of a regex whose every match starts at an occurrence of its trigger
 /// factor, by anchored searches at those occurrences (`hits`, sorted by start), with the
 /// same result as [`record_regex`] over the whole value: the first occurrence where an
@@ -417,7 +430,7 @@ impl TargetMatcher {
                 s.spans.extend(rest[..n].iter().map(|h| (h.1, h.2)));
                 rest = &rest[n..];
                 let rr = &self.factored[idx];
-                if rr.anchored {
+                if rr.anchored && anchored_is_linear(rr, &s.spans) {
                     search_anchored(rr, value, &s.spans, &mut s.state[rr.rule], mi);
                 } else {
                     search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);

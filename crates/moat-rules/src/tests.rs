@@ -565,6 +565,10 @@ fn prefilter_agrees_with_plain_regex() {
         b"your login",
         b"to unsubscribe, or to subscribe, or unregister",
         b"xunsubscribe subscribed",
+        // More starts than are searched anchored in one value: windows instead.
+        b"subscribe unsubscribe register subscribe unsubscribe register subscribe \
+          unsubscribe register subscribe unsubscribe register subscribe unsubscribe \
+          register subscribe unsubscribe register",
         b"please reply directly to me. respond to",
         b"your pass word",
         b"we will lock up your mailbox",
