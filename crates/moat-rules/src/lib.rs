@@ -1,12 +1,14 @@
 //! Moat's rule packs: schema, loader, validator, compiler and the hot-swapped store.
 //!
 //! A rules folder holds pack files (`*.toml`, format in `rules/README.md`). [`load`] reads
-//! and compiles them into an immutable [`CompiledRules`]: per [`Target`], one aho-corasick
-//! automaton over every literal, every word and the required literal factors of every regex;
-//! a regex runs only on values where one of its factors was found, and there only in the
-//! windows around the factor's occurrences that a match can reach. Regexes without a usable
-//! factor run around a rare byte every match contains, or, without one, together in a
-//! `RegexSet`. Meta rules combine other rules' hits.
+//! and compiles them into an immutable [`CompiledRules`]: per [`Target`], one literal search
+//! over every literal, every word and the required literal factors of every regex (an
+//! aho-corasick automaton, or for large sets a filter on each literal's rarest three bytes);
+//! factors are chosen by how often they are expected in mail. A regex runs only on values
+//! where its factors were found, and there only anchored at the literals its matches start
+//! with or in the windows around the factor's occurrences that a match can reach. Regexes
+//! without a usable factor run around a rare byte every match contains, or, without one,
+//! together in small multi-pattern sets. Meta rules combine other rules' hits.
 //! [`RuleStore`] keeps the active snapshot in an `ArcSwap` and has one reload path
 //! (load → compile → run the packs' tests → swap).
 //!
