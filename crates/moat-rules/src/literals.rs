@@ -4,10 +4,10 @@
 //! A small set goes to an aho-corasick automaton. A large one (the thousands of factors of
 //! an imported SpamAssassin pack) makes that automaton's transition table too big for the
 //! CPU caches, and every byte of the value costs a cache miss. For those, each literal is
-//! anchored on its rarest three bytes ([`crate::rarity`]); one pass over the value hashes
-//! every three-byte window of the folded value into an 8 KiB bit filter, and only the windows whose bit is set
-//! look up the literals anchored there and compare them. This is the idea of Hyperscan's
-//! FDR, without its SIMD.
+//! anchored on its rarest three bytes ([`crate::rarity`]); one pass hashes every
+//! three-byte window of the folded value into an 8 KiB bit filter, and only the windows
+//! whose bit is set look up the literals anchored there and compare them. This is the
+//! idea of Hyperscan's FDR, without its SIMD.
 //!
 //! Both report the same occurrences in the same order: by end, then longest first (the
 //! order of an overlapping aho-corasick search), so the first occurrence a rule records
@@ -31,7 +31,7 @@ pub(crate) type Occurrence = (u32, usize, usize);
 #[derive(Debug, Clone)]
 pub(crate) enum Literals {
     Automaton(AhoCorasick),
-    Anchored(Box<Anchored>),
+    Filter(Box<AnchorFilter>),
 }
 
 /// A literal found through its anchor.
@@ -49,7 +49,7 @@ struct Candidate {
 
 /// Literals found through their anchors.
 #[derive(Debug, Clone)]
-pub(crate) struct Anchored {
+pub(crate) struct AnchorFilter {
     /// Bit `hash(anchor)` set for every anchor.
     filter: Vec<u64>,
     /// Open addressing over anchors: (anchor + 1, first candidate, candidate count);
@@ -76,8 +76,8 @@ fn automaton(patterns: &[Vec<u8>]) -> Result<AhoCorasick, String> {
 
 /// The byte the literal search sees for `b`: ASCII letters lower-cased, and every ASCII
 /// white-space byte (`\t \n \v \f \r`) as a space. Literals and regex factors are
-/// folded the same way, so `\s` in a regex is a space in its factors and `click\s+here`
-/// yields the factor `click here`.
+/// folded the same way, so `\s` in a regex is a space in its factors (`click\s+here`
+/// yields the factor `click `).
 #[inline]
 pub(crate) fn canon(b: u8) -> u8 {
     const TABLE: [u8; 256] = {
@@ -179,7 +179,7 @@ impl Literals {
             let pats: Vec<Vec<u8>> = short.iter().map(|&i| patterns[i].clone()).collect();
             Some((automaton(&pats)?, short.iter().map(|&i| i as u32).collect()))
         };
-        Ok(Literals::Anchored(Box::new(Anchored {
+        Ok(Literals::Filter(Box::new(AnchorFilter {
             filter,
             slots,
             slot_bits,
@@ -204,7 +204,7 @@ impl Literals {
                 ac.find_overlapping_iter(hay)
                     .map(|m| (m.pattern().as_u32(), m.start(), m.end())),
             ),
-            Literals::Anchored(a) => {
+            Literals::Filter(a) => {
                 a.find_all(hay, out);
                 if let Some((ac, ids)) = &a.short {
                     out.extend(
@@ -218,7 +218,7 @@ impl Literals {
     }
 }
 
-impl Anchored {
+impl AnchorFilter {
     /// The occurrences of the anchored literals in `hay`, already folded.
     fn find_all(&self, hay: &[u8], out: &mut Vec<Occurrence>) {
         if hay.len() >= ANCHOR {
@@ -299,7 +299,7 @@ mod tests {
 
     fn both(pats: &[Vec<u8>], hay: &[u8]) -> (Vec<Occurrence>, Vec<Occurrence>) {
         let anchored = Literals::new(pats).unwrap();
-        assert!(matches!(anchored, Literals::Anchored(_)));
+        assert!(matches!(anchored, Literals::Filter(_)));
         let plain = Literals::Automaton(automaton(pats).unwrap());
         let (mut a, mut b, mut l) = (Vec::new(), Vec::new(), Vec::new());
         anchored.find_all(hay, &mut a, &mut l);

@@ -127,7 +127,8 @@ fn folded_frequency(b: u8) -> u32 {
     }
 }
 
-/// Expected occurrences of `lit` per KiB of mail text, ASCII case-insensitively.
+/// Expected occurrences of `lit` per KiB of mail text, both folded as the literal search
+/// folds them.
 pub(crate) fn per_kib(lit: &[u8]) -> f64 {
     let lower = canonical(lit);
     let Some((&first, _)) = lower.split_first() else {
@@ -157,9 +158,9 @@ pub(crate) fn per_kib(lit: &[u8]) -> f64 {
 /// cost, so such a literal is never chosen as a factor.
 const RUN_PER_KIB: f64 = 32.0;
 
-/// Least cost counted for one literal: every literal also makes the automaton larger and
-/// slower, so many rare variants (`click\t`, `click\n`, ...) do not beat one literal
-/// (`click`) that is only a little commoner.
+/// Least cost counted for one literal: every literal also makes the literal search larger
+/// and slower, so many rare variants (`unsubscribe` with each `s` also as LONG S, say) do
+/// not beat one literal (`cribe`) that is only a little commoner.
 const LITERAL_FLOOR: f64 = 0.05;
 
 /// Cost of a set of literals as a prefilter: its expected automaton hits per KiB, each
