@@ -113,19 +113,24 @@ pub struct TargetStats {
     pub set_regexes: usize,
 }
 
+/// A literal or word of a rule, as the literal search finds it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiteralUse {
+    pub(crate) rule: usize,
+    /// Set when case must match.
+    pub(crate) exact: Option<Box<[u8]>>,
+    /// Set when the literal holds white space, which the search folds (a tab finds a space).
+    pub(crate) caseless: Option<Box<[u8]>>,
+    pub(crate) word: bool,
+    /// The rule's `max_hits`.
+    pub(crate) limit: u32,
+}
+
 /// What an automaton pattern feeds when it is found.
 #[derive(Debug, Clone)]
 pub(crate) enum Consumer {
-    /// A literal or word of a rule; `exact` is set when case must match, `caseless` when
-    /// the literal holds white space, which the search folds (a tab finds a space).
-    Literal {
-        rule: usize,
-        exact: Option<Box<[u8]>>,
-        caseless: Option<Box<[u8]>>,
-        word: bool,
-        /// The rule's `max_hits`.
-        limit: u32,
-    },
+    /// A literal or word of a rule.
+    Literal(LiteralUse),
     /// A literal of factor set `bit` of prefilter clause `clause`; the clause's regex
     /// becomes a candidate on a value once every set of the clause has been found there.
     Factor { clause: usize, bit: u8 },
@@ -600,7 +605,7 @@ pub(crate) fn compile(
                 match (entry, &regex) {
                     (Entry::Lit { bytes, word }, _) => tb.add_literal(
                         bytes,
-                        Consumer::Literal {
+                        Consumer::Literal(LiteralUse {
                             rule: p.global,
                             exact: p.case_sensitive.then(|| bytes.clone().into_boxed_slice()),
                             caseless: (!p.case_sensitive
@@ -608,7 +613,7 @@ pub(crate) fn compile(
                             .then(|| bytes.clone().into_boxed_slice()),
                             word: *word,
                             limit: rules[p.global].max_hits,
-                        },
+                        }),
                     ),
                     (Entry::Regex { pattern }, Some(c)) => {
                         let factors = &c.clauses;

@@ -161,13 +161,14 @@ fn prefixes(hir: &Hir) -> Option<Factors> {
         .limit_literal_len(32)
         .limit_total(256);
     let seq = ex.extract(hir);
+    // The tree is folded, so its literals are too.
     let lits: Vec<Vec<u8>> = seq
         .literals()?
         .iter()
-        .map(|l| canonical(l.as_bytes()))
+        .map(|l| l.as_bytes().to_vec())
         .collect();
     // Prefixes of required literals are required too; a shorter cut may collapse variants
-    // (`click\t`, `click\n`, ... into `click`).
+    // (`kick` and `kic` + KELVIN SIGN into `kic`).
     let longest = lits.iter().map(Vec::len).max().unwrap_or(0);
     let mut found = None;
     // A few cut lengths are enough; trying every length made compiling large packs slow.

@@ -4,7 +4,7 @@
 use regex_automata::{Anchored, Input, PatternSet};
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{CompiledRules, Consumer, RegexRule, RuleKind, TargetMatcher};
+use crate::compile::{CompiledRules, Consumer, LiteralUse, RegexRule, RuleKind, TargetMatcher};
 use crate::schema::Thresholds;
 use crate::target::{Target, Targets};
 
@@ -121,8 +121,8 @@ struct RuleState {
 struct Scratch {
     /// Literal occurrences in the current value.
     occurrences: Vec<crate::literals::Occurrence>,
-    /// The current value lower-cased, for the literal search.
-    lowered: Vec<u8>,
+    /// The current value folded for the literal search.
+    folded: Vec<u8>,
     state: Vec<RuleState>,
     /// Per clause: the value number its mask belongs to.
     stamp: Vec<u64>,
@@ -153,6 +153,25 @@ fn patset(patsets: &mut Vec<PatternSet>, len: usize) -> &mut PatternSet {
 
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+impl LiteralUse {
+    /// True when the occurrence `start..end` the folded search found in `value` is one of
+    /// this literal: the exact case or white space where they matter, whole words for words.
+    fn accepts(&self, value: &[u8], start: usize, end: usize) -> bool {
+        let span = &value[start..end];
+        if self.exact.as_deref().is_some_and(|e| e != span)
+            || self
+                .caseless
+                .as_deref()
+                .is_some_and(|e| !e.eq_ignore_ascii_case(span))
+        {
+            return false;
+        }
+        !self.word
+            || !(start.checked_sub(1).is_some_and(|i| is_word_byte(value[i]))
+                || value.get(end).copied().is_some_and(is_word_byte))
+    }
 }
 
 fn record(state: &mut RuleState, matcher: usize, text: &[u8], n: u32, limit: u32) {
@@ -321,33 +340,14 @@ impl TargetMatcher {
     fn scan_value_reference(&self, mi: usize, value: &[u8], s: &mut Scratch) {
         if let Some(lits) = &self.literals {
             let mut occurrences = std::mem::take(&mut s.occurrences);
-            lits.find_all(value, &mut occurrences, &mut s.lowered);
+            lits.find_all(value, &mut occurrences, &mut s.folded);
             for &(pat, start, end) in &occurrences {
                 let span = &value[start..end];
                 for c in &self.consumers[pat as usize] {
-                    if let Consumer::Literal {
-                        rule,
-                        exact,
-                        caseless,
-                        word,
-                        limit,
-                    } = c
+                    if let Consumer::Literal(l) = c
+                        && l.accepts(value, start, end)
                     {
-                        if exact.as_deref().is_some_and(|e| e != span)
-                            || caseless
-                                .as_deref()
-                                .is_some_and(|e| !e.eq_ignore_ascii_case(span))
-                        {
-                            continue;
-                        }
-                        if *word {
-                            let before = start.checked_sub(1).map(|i| value[i]);
-                            let after = value.get(end).copied();
-                            if before.is_some_and(is_word_byte) || after.is_some_and(is_word_byte) {
-                                continue;
-                            }
-                        }
-                        record(&mut s.state[*rule], mi, span, 1, *limit);
+                        record(&mut s.state[l.rule], mi, span, 1, l.limit);
                     }
                 }
             }
@@ -365,35 +365,15 @@ impl TargetMatcher {
         s.candidates.clear();
         if let Some(lits) = &self.literals {
             let mut occurrences = std::mem::take(&mut s.occurrences);
-            lits.find_all(value, &mut occurrences, &mut s.lowered);
+            lits.find_all(value, &mut occurrences, &mut s.folded);
             for &(pat, start, end) in &occurrences {
                 let span = &value[start..end];
                 for c in &self.consumers[pat as usize] {
                     match c {
-                        Consumer::Literal {
-                            rule,
-                            exact,
-                            caseless,
-                            word,
-                            limit,
-                        } => {
-                            if exact.as_deref().is_some_and(|e| e != span)
-                                || caseless
-                                    .as_deref()
-                                    .is_some_and(|e| !e.eq_ignore_ascii_case(span))
-                            {
-                                continue;
+                        Consumer::Literal(l) => {
+                            if l.accepts(value, start, end) {
+                                record(&mut s.state[l.rule], mi, span, 1, l.limit);
                             }
-                            if *word {
-                                let before = start.checked_sub(1).map(|i| value[i]);
-                                let after = value.get(end).copied();
-                                if before.is_some_and(is_word_byte)
-                                    || after.is_some_and(is_word_byte)
-                                {
-                                    continue;
-                                }
-                            }
-                            record(&mut s.state[*rule], mi, span, 1, *limit);
                         }
                         Consumer::Factor { clause, bit } => {
                             let c = *clause;
@@ -483,7 +463,7 @@ impl CompiledRules {
     fn scan_with(&self, targets: &Targets<'_>, reference: bool) -> ScanResult {
         let mut s = Scratch {
             occurrences: Vec::new(),
-            lowered: Vec::new(),
+            folded: Vec::new(),
             state: vec![RuleState::default(); self.rules.len()],
             stamp: Vec::new(),
             mask: Vec::new(),
@@ -660,7 +640,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 let users: Vec<String> = m.consumers[*i]
                     .iter()
                     .map(|c| match c {
-                        Consumer::Literal { rule, .. } => rules.rules[*rule].id.clone(),
+                        Consumer::Literal(l) => rules.rules[l.rule].id.clone(),
                         Consumer::Factor { clause, bit } => format!(
                             "{}#{bit}",
                             rules.rules[m.factored[m.clauses[*clause].regex].rule].id
