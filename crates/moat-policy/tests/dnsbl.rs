@@ -71,19 +71,11 @@ fn rejection(verdict: &Verdict) -> &Reply {
 
 /// The sum of the samples of counter `name` whose labels include all of `labels`.
 fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .expect("encode");
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("parse the exposition");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
+    common::samples(registry, name, labels)
+        .into_iter()
+        .map(|v| match v {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name} is not a counter: {other:?}"),
+            other => panic!("{name} is not a counter: {other:?}"),
         })
         .sum()
 }

@@ -72,23 +72,7 @@ impl Node {
 
     /// A metric's value (0 when absent), labels given as `(name, value)`.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap();
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            .expect("valid exposition");
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
+        common::metric(&self.registry, name, labels)
     }
 
     fn shared(&self) -> f64 {

@@ -34,6 +34,42 @@ pub fn program(name: &str, package: &str) -> Option<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1 (also free for UDP in practice: nothing else binds here).
+/// The values of the samples named `name` whose labels include `labels`, read the way a
+/// scraper reads them: the registry's text exposition through a Prometheus parser.
+pub fn samples(
+    registry: &prometheus::Registry,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<prometheus_parse::Value> {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encode the registry");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("parse the exposition");
+    scrape
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| s.value)
+        .collect()
+}
+
+/// The sum of [`samples`]: counters, gauges and untyped values as they are, histograms as
+/// their count of observations.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(registry, name, labels)
+        .iter()
+        .map(|v| match v {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
