@@ -110,21 +110,13 @@ fn model() -> &'static Model {
     })
 }
 
-/// Frequency of a byte as the literal search sees it (any case; a space stands for any
-/// white space), per 10,000 bytes.
+/// Frequency of a byte as the literal search sees it, per 10,000 bytes: the sum over the
+/// bytes it folds from (both cases of a letter; every white-space byte for a space).
 fn folded_frequency(b: u8) -> u32 {
-    if b == b' ' {
-        return [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r']
-            .map(frequency)
-            .iter()
-            .sum();
-    }
-    let (lower, upper) = (b.to_ascii_lowercase(), b.to_ascii_uppercase());
-    if lower == upper {
-        frequency(b)
-    } else {
-        frequency(lower) + frequency(upper)
-    }
+    (0..=255u8)
+        .filter(|&x| crate::literals::canon(x) == b)
+        .map(frequency)
+        .sum()
 }
 
 /// Expected occurrences of `lit` per KiB of mail text, both folded as the literal search
