@@ -341,7 +341,12 @@ fn required_all(hir: &Hir, memo: &mut Memo) -> (Vec<Factors>, bool) {
     let Some(best_set) = best(top, memo) else {
         return (Vec::new(), false);
     };
-    let (first, starts) = match prefixes(top) {
+    // What every match starts with; for a concatenation `best` has just worked it out.
+    let start_set = match top.kind() {
+        HirKind::Concat(subs) => tail(top, subs, 0, memo),
+        _ => prefixes(top),
+    };
+    let (first, starts) = match start_set {
         Some(p) if p.per_kib <= best_set.per_kib * START_ALLOWANCE + LITERAL_FLOOR_SLACK => {
             (p, true)
         }
