@@ -25,11 +25,11 @@ fn main() {
     let msgs = moat_filter::cli::collect_files(&msg_args).unwrap();
     let report = moat_rules::import::spamassassin(&cf, &Default::default()).unwrap();
     let mut options = CompileOptions::default();
-    if let Some(n) = std::env::var("MOAT_SET_CHUNK")
+    if let Some(n) = std::env::var("MOAT_SET_BUDGET")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        options.regex_set_chunk = n;
+        options.regex_set_budget = n;
     }
     let rules = moat_rules::compile_str(&report.pack, &options).unwrap();
     for s in rules.stats() {
@@ -77,6 +77,60 @@ fn main() {
             raws.len(),
             bytes as f64 / el.as_secs_f64() / 1e6
         );
+        return;
+    }
+    // `MOAT_SCAN=fields`: time the scan of each kind of value alone (headers, then each
+    // field), and of no value at all (the fixed cost: state, meta rules, results).
+    if std::env::var("MOAT_SCAN").is_ok_and(|v| v == "fields") {
+        let only = |keep: &dyn Fn(&Targets<'_>, &mut Targets<'static>)| -> Vec<Targets<'static>> {
+            ex.iter()
+                .map(|t| {
+                    let mut o = Targets::new();
+                    keep(t, &mut o);
+                    o
+                })
+                .collect()
+        };
+        let mut kinds: Vec<(String, Vec<Targets<'static>>)> = vec![
+            ("nothing".into(), only(&|_, _| {})),
+            (
+                "headers".into(),
+                only(&|t, o| {
+                    for (n, v) in t.headers() {
+                        o.push_header(n.to_string(), v.to_string());
+                    }
+                }),
+            ),
+        ];
+        for f in Field::ALL {
+            kinds.push((
+                f.as_str().into(),
+                only(&|t, o| {
+                    for v in t.field(f) {
+                        o.push(f, v.to_vec());
+                    }
+                }),
+            ));
+        }
+        // `MOAT_FIELD=NAME` times that kind alone (for perf).
+        let pick = std::env::var("MOAT_FIELD").ok();
+        for (name, ts) in &kinds {
+            if pick.as_ref().is_some_and(|p| p != name) {
+                continue;
+            }
+            let bytes: usize = ts.iter().map(|t| t.total_len()).sum();
+            let t = Instant::now();
+            for _ in 0..loops.unwrap_or(1) {
+                for b in ts {
+                    std::hint::black_box(rules.scan(b));
+                }
+            }
+            let el = t.elapsed() / loops.unwrap_or(1);
+            println!(
+                "{name:<16} {bytes:>10} bytes {:>10.1} ms",
+                el.as_secs_f64() * 1e3
+            );
+        }
         return;
     }
     // `MOAT_SCAN=all`: time every target of the messages instead of the bodies alone.

@@ -11,7 +11,7 @@ use regex_automata::meta as ra;
 
 use crate::error::{Error, Problem, Step};
 use crate::literals::Literals;
-use crate::loader::{LoadedPack, line_of};
+use crate::loader::{Lines, LoadedPack};
 use crate::meta::{self, Expr, NameRef};
 use crate::reach::{RareBytes, Reach};
 use crate::schema::{TestDef, Thresholds};
@@ -29,9 +29,12 @@ pub struct CompileOptions {
     pub max_regex_len: usize,
     /// Most rules accepted over all packs.
     pub max_rules: usize,
-    /// Regexes without a usable literal factor run in regex sets of at most this many
-    /// members: one lazy DFA over hundreds of regexes thrashes its cache, small sets do not.
-    pub regex_set_chunk: usize,
+    /// Regexes without a usable literal factor run together in multi-pattern sets, one
+    /// lazy DFA pass each. A set grows while its lazy DFA needs at most this many bytes
+    /// to scan the reference mail text: regexes whose union stays small share a pass,
+    /// while regexes whose union blows up (counted repetitions of words, say) would thrash
+    /// the cache of one shared DFA, and get sets of their own.
+    pub regex_set_budget: usize,
 }
 
 impl Default for CompileOptions {
@@ -41,7 +44,7 @@ impl Default for CompileOptions {
             dfa_size_limit: 1 << 20,
             max_regex_len: 8 * 1024,
             max_rules: 100_000,
-            regex_set_chunk: 4,
+            regex_set_budget: 256 * 1024,
         }
     }
 }
@@ -357,9 +360,10 @@ pub(crate) fn compile(
         check_thresholds(&f.thresholds, path, &mut problems);
         let first = rules.len();
         let mut ids: HashMap<&str, usize> = HashMap::new();
+        let lines = Lines::new(&lp.source);
         for def in &f.rules {
             let id = def.id.get_ref().as_str();
-            let line = line_of(&lp.source, def.id.span().start);
+            let line = lines.line_of(def.id.span().start);
             let problem = |m: String| Problem::new(path, m).at(Some(line)).rule(id);
             if !valid_id(id) {
                 problems.push(problem("invalid rule id".into()));
@@ -496,7 +500,7 @@ pub(crate) fn compile(
             rules: first..rules.len(),
         });
         for t in &f.tests {
-            let line = Some(line_of(&lp.source, t.name.span().start));
+            let line = Some(lines.line_of(t.name.span().start));
             let tproblem = |m: String| {
                 Problem::new(path, format!("test {:?}: {m}", t.name.get_ref())).at(line)
             };
@@ -808,6 +812,129 @@ fn compile_regex(
     })
 }
 
+/// Most members of one regex set, which bounds the work of growing the sets.
+const MAX_SET_MEMBERS: usize = 64;
+
+/// Lazy DFA memory that `patterns`, as one overlapping set, needs to scan the reference
+/// mail text; `None` if they do not build.
+fn set_memory(patterns: &[&str], opts: &CompileOptions) -> Option<usize> {
+    use regex_automata::hybrid::dfa::DFA;
+    let dfa = DFA::builder()
+        .configure(
+            DFA::config()
+                .match_kind(regex_automata::MatchKind::All)
+                .cache_capacity(opts.dfa_size_limit.saturating_mul(patterns.len()))
+                .minimum_cache_clear_count(None)
+                // Like the meta regex: a Unicode `\b` is searched by the lazy DFA in ASCII
+                // text (the reference text is ASCII).
+                .unicode_word_boundary(true),
+        )
+        .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+        .thompson(
+            regex_automata::nfa::thompson::Config::new()
+                .nfa_size_limit(Some(opts.regex_size_limit.saturating_mul(patterns.len()))),
+        )
+        .build_many(patterns)
+        .ok()?;
+    let mut cache = dfa.create_cache();
+    let mut found = regex_automata::PatternSet::new(patterns.len());
+    // The text as one value, then each line as a value of its own: short values (a
+    // subject, a header) start over at every value, where anchored regexes count.
+    let text = rarity::REFERENCE.as_bytes();
+    for value in std::iter::once(text).chain(text.split(|&b| b == b'\n')) {
+        found.clear();
+        dfa.try_which_overlapping_matches(
+            &mut cache,
+            &regex_automata::Input::new(value),
+            &mut found,
+        )
+        .ok()?;
+    }
+    Some(cache.memory_usage())
+}
+
+/// Kinds of set regexes that never share a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// Matches the reference text within its first 256 bytes.
+    Early,
+    /// Matches only at the start of a value: dies within a few bytes of most values.
+    Anchored,
+    Other,
+}
+
+/// Groups the regexes of one target that run in sets, as lists of indexes.
+///
+/// - A set's search ends early only once every member matched. So regexes that match
+///   almost any text go together (their set stops within a few bytes), and never with the
+///   others: one member that does not match early keeps a set searching to the end of the
+///   value.
+/// - Regexes anchored at the start of a value go together too: their search dies within
+///   a few bytes of most values, where beside unanchored regexes their counted starts
+///   (`^.{16}`) would multiply the states of every short value.
+/// - Within a kind, regexes are taken from the one whose own lazy DFA is smallest on the
+///   reference text, and a set grows while the DFA of its union stays within
+///   [`CompileOptions::regex_set_budget`] there. Unions of regexes that each keep few
+///   threads alive (obfuscated drug names, amounts of money) stay small, so dozens share
+///   one pass; counted repetitions of words multiply each other's states and are kept
+///   apart.
+fn set_groups(rules: &[RegexRule], patterns: &[String], opts: &CompileOptions) -> Vec<Vec<usize>> {
+    let mut order: Vec<(Kind, usize, usize)> = rules
+        .par_iter()
+        .zip(patterns)
+        .enumerate()
+        .map(|(i, (rr, pat))| {
+            let anchored = regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .build()
+                .parse(pat)
+                .is_ok_and(|h| {
+                    h.properties()
+                        .look_set_prefix()
+                        .contains(regex_syntax::hir::Look::Start)
+                });
+            let kind = if rr
+                .re
+                .find(rarity::REFERENCE.as_bytes())
+                .is_some_and(|m| m.end() <= 256)
+            {
+                Kind::Early
+            } else if anchored {
+                Kind::Anchored
+            } else {
+                Kind::Other
+            };
+            let alone = set_memory(&[pat.as_str()], opts).unwrap_or(usize::MAX);
+            (kind, alone, i)
+        })
+        .collect();
+    order.sort_unstable();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for kind in order.chunk_by(|a, b| a.0 == b.0) {
+        let mut current: Vec<usize> = Vec::new();
+        for &(_, _, i) in kind {
+            if !current.is_empty() {
+                let fits = current.len() < MAX_SET_MEMBERS && {
+                    let pats: Vec<&str> = current
+                        .iter()
+                        .chain([&i])
+                        .map(|&j| patterns[j].as_str())
+                        .collect();
+                    set_memory(&pats, opts).is_some_and(|m| m <= opts.regex_set_budget)
+                };
+                if !fits {
+                    groups.push(std::mem::take(&mut current));
+                }
+            }
+            current.push(i);
+        }
+        if !current.is_empty() {
+            groups.push(current);
+        }
+    }
+    groups
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -851,40 +978,15 @@ impl TargetBuild {
                 Problem::new("", format!("cannot build the automaton for {target}: {e}"))
             })?)
         };
-        let chunk = opts.regex_set_chunk.max(1);
-        // A set's search ends early only once every member matched, and its lazy DFA grows
-        // with how different its members are. So regexes that match almost any text go
-        // together (their set stops within a few bytes), and the rest are grouped with
-        // regexes of similar size.
-        let mut order: Vec<(bool, usize, usize)> = self
-            .set_rules
-            .iter()
-            .zip(&self.set_patterns)
-            .enumerate()
-            .map(|(i, (rr, pat))| {
-                let early = rr
-                    .re
-                    .find(rarity::REFERENCE.as_bytes())
-                    .is_some_and(|m| m.end() <= 256);
-                (!early, pat.len(), i)
-            })
-            .collect();
-        order.sort_unstable();
-        // Chunks never mix the two groups: one member that does not match early keeps a set
-        // searching to the end of the value.
-        let groups = order
-            .chunk_by(|a, b| a.0 == b.0)
-            .flat_map(|group| group.chunks(chunk));
+        let groups = set_groups(&self.set_rules, &self.set_patterns, opts);
         let mut sets = Vec::new();
         for members in groups {
             let pats: Vec<&str> = members
                 .iter()
-                .map(|o| self.set_patterns[o.2].as_str())
+                .map(|&i| self.set_patterns[i].as_str())
                 .collect();
-            let rules: Vec<RegexRule> = members
-                .iter()
-                .map(|o| self.set_rules[o.2].clone())
-                .collect();
+            let rules: Vec<RegexRule> =
+                members.iter().map(|&i| self.set_rules[i].clone()).collect();
             let config = ra::Config::new()
                 .match_kind(regex_automata::MatchKind::All)
                 .utf8_empty(false)

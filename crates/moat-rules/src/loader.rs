@@ -26,12 +26,22 @@ pub(crate) struct LoadedPack {
 
 /// 1-based line of a byte offset.
 pub(crate) fn line_of(source: &str, offset: usize) -> usize {
-    let end = offset.min(source.len());
-    source.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    Lines::new(source).line_of(offset)
+}
+
+/// Where each line of a text starts, to turn many byte offsets into line numbers without
+/// counting from the start each time.
+pub(crate) struct Lines(Vec<usize>);
+
+impl Lines {
+    pub(crate) fn new(source: &str) -> Self {
+        Lines(memchr::memchr_iter(b'\n', source.as_bytes()).collect())
+    }
+
+    /// The 1-based line holding byte `offset`.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
 }
 
 /// Parses one pack from text; `path` is used for messages and to resolve relative files.

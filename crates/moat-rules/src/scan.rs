@@ -654,7 +654,8 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                     users.join(" ")
                 );
             }
-            for (_, members) in &m.sets {
+            for (n, (_, members)) in m.sets.iter().enumerate() {
+                let _ = writeln!(out, "      set {n}: {} regexes", members.len());
                 for rr in members {
                     let _ = writeln!(out, "      set: {} {}", rules.rules[rr.rule].id, rr.pattern);
                 }

@@ -723,3 +723,70 @@ fn literals_with_white_space_match_it_exactly() {
         assert_eq!(got, *want, "{subject:?}");
     }
 }
+
+#[test]
+fn regex_sets_share_a_pass_by_kind() {
+    // Regexes without a factor: two that match any text early, two anchored at the start
+    // of a value, and eight obfuscated names with gaps (ASCII classes, as imported
+    // SpamAssassin rules have), whose union stays small.
+    let names = [
+        "viagra", "cialis", "valium", "meridia", "soma", "ambien", "levitra", "tenuate",
+    ];
+    let mut src = String::new();
+    let mut add = |id: &str, re: &str| {
+        src.push_str(&format!(
+            "[[rule]]\nid = \"{id}\"\ntarget = \"body\"\nregex = '{re}'\n"
+        ));
+    };
+    add("EARLY1", r"\S");
+    add("EARLY2", r"(?i)e");
+    add("START1", r"^.{16}");
+    add("START2", r"^\s*\S{1,60}\s*$");
+    for n in names {
+        let gapped: Vec<String> = n.chars().map(|c| format!("[{c}]")).collect();
+        add(
+            &n.to_uppercase(),
+            &format!(r"(?i-u)\b{}\b", gapped.join(r"[_\W]{0,3}")),
+        );
+    }
+    let compiled = compile_str(&pack(&src), &CompileOptions::default()).unwrap();
+    let m = compiled
+        .matchers
+        .iter()
+        .find(|m| m.target == crate::Target::Field(Field::Body))
+        .unwrap();
+    let sets: Vec<Vec<&str>> = m
+        .sets
+        .iter()
+        .map(|(_, members)| {
+            let mut ids: Vec<&str> = members
+                .iter()
+                .map(|rr| compiled.rules[rr.rule].id.as_str())
+                .collect();
+            ids.sort_unstable();
+            ids
+        })
+        .collect();
+    let mut drugs: Vec<String> = names.iter().map(|n| n.to_uppercase()).collect();
+    drugs.sort_unstable();
+    assert_eq!(sets.len(), 3, "{sets:?}");
+    assert!(sets.contains(&vec!["EARLY1", "EARLY2"]), "{sets:?}");
+    assert!(sets.contains(&vec!["START1", "START2"]), "{sets:?}");
+    assert!(
+        sets.contains(&drugs.iter().map(String::as_str).collect()),
+        "{sets:?}"
+    );
+    // One pass still finds each member.
+    let ids = |text: &str| -> Vec<String> {
+        let r = compiled.scan(&one(Field::Body, text));
+        let mut v: Vec<String> = r.packs[0].hits.iter().map(|h| h.rule.clone()).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        ids("get v-i-a-g-r-a and s.o.m.a now"),
+        ["EARLY1", "EARLY2", "SOMA", "START1", "VIAGRA"]
+    );
+    assert_eq!(ids("  oneword "), ["EARLY1", "EARLY2", "START2"]);
+    assert_eq!(ids("  \n"), Vec::<String>::new());
+}
