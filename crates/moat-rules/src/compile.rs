@@ -217,6 +217,9 @@ pub struct CompiledRules {
     /// each meta rule then. A meta rule whose references all still have these counts
     /// has its baseline value without being evaluated.
     pub(crate) baseline: Vec<u32>,
+    /// Lower-case header name → the matcher of its `header:Name` target, so that a scan
+    /// looks each header of a message up once.
+    pub(crate) header_matchers: HashMap<String, usize>,
     pub(crate) tests: Vec<CompiledTest>,
     pub(crate) fingerprint: u64,
     pub(crate) compile_time: Duration,
@@ -696,12 +699,21 @@ pub(crate) fn compile(
             }
         })
         .collect();
+    let header_matchers = matchers
+        .iter()
+        .enumerate()
+        .filter_map(|(mi, m)| match &m.target {
+            Target::Header(name) => Some((name.clone(), mi)),
+            _ => None,
+        })
+        .collect();
     Ok(CompiledRules {
         packs,
         rules,
         matchers,
         metas,
         baseline,
+        header_matchers,
         tests,
         fingerprint,
         compile_time: started.elapsed(),

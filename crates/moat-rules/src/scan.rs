@@ -112,10 +112,21 @@ impl ScanResult {
     }
 }
 
-#[derive(Default, Clone)]
-struct RuleState {
-    count: u32,
-    first: Option<(usize, Vec<u8>)>,
+/// The values one matcher scans in a message.
+enum Values<'a, 'v> {
+    /// The values of a `header:Name` target, found for it beforehand.
+    Headers(&'a [(usize, &'v [u8])]),
+    /// Every value of its target.
+    All,
+}
+
+/// What the scan of one message found per rule.
+struct Found {
+    /// Matches counted per rule (dense: one per rule of the snapshot).
+    counts: Vec<u32>,
+    /// For each rule that matched, in the order they first matched: (rule, matcher, text
+    /// of its first match, cut to [`MAX_MATCHED`]).
+    first: Vec<(usize, usize, Vec<u8>)>,
 }
 
 struct Scratch {
@@ -123,7 +134,7 @@ struct Scratch {
     occurrences: Vec<crate::literals::Occurrence>,
     /// The current value folded for the literal search.
     folded: Vec<u8>,
-    state: Vec<RuleState>,
+    found: Found,
     /// Per clause: the value number its mask belongs to.
     stamp: Vec<u64>,
     /// Per clause: factor sets found in the current value.
@@ -174,35 +185,44 @@ impl LiteralUse {
     }
 }
 
-fn record(state: &mut RuleState, matcher: usize, text: &[u8], n: u32, limit: u32) {
-    state.count = state.count.saturating_add(n).min(limit);
-    if state.first.is_none() {
+/// Counts `n` more matches of `rule`, at most `limit`; keeps the first match's text.
+fn record(found: &mut Found, rule: usize, matcher: usize, text: &[u8], n: u32, limit: u32) {
+    let count = &mut found.counts[rule];
+    if *count == 0 {
         let cut = text.len().min(MAX_MATCHED);
-        state.first = Some((matcher, text[..cut].to_vec()));
+        found.first.push((rule, matcher, text[..cut].to_vec()));
     }
+    *count = count.saturating_add(n).min(limit);
 }
 
 /// Most matches of one regex counted in one value.
 const MAX_REGEX_MATCHES: usize = 1000;
 
-/// How many more matches of a rule are worth counting in the current value: none once its
-/// `max_hits` is reached, and at most [`MAX_REGEX_MATCHES`].
-fn budget(state: &RuleState, limit: u32) -> usize {
-    (limit.saturating_sub(state.count) as usize).min(MAX_REGEX_MATCHES)
+/// How many more matches of `rule` are worth counting in the current value: none once its
+/// `max_hits` (`limit`) is reached, and at most [`MAX_REGEX_MATCHES`].
+fn budget(found: &Found, rule: usize, limit: u32) -> usize {
+    (limit.saturating_sub(found.counts[rule]) as usize).min(MAX_REGEX_MATCHES)
 }
 
 /// Counts the matches of `rr` in `value` (the first one's text is kept), up to its budget.
 /// Only regexes the prefilter let through get here, and counting past the first match
 /// happens only for those that match.
-fn record_regex(rr: &RegexRule, value: &[u8], state: &mut RuleState, mi: usize) {
-    let budget = budget(state, rr.limit);
+fn record_regex(rr: &RegexRule, value: &[u8], found: &mut Found, mi: usize) {
+    let budget = budget(found, rr.rule, rr.limit);
     if budget == 0 {
         return;
     }
     let mut it = rr.re.find_iter(value);
     if let Some(first) = it.next() {
         let n = 1 + it.take(budget - 1).count();
-        record(state, mi, &value[first.range()], n as u32, rr.limit);
+        record(
+            found,
+            rr.rule,
+            mi,
+            &value[first.range()],
+            n as u32,
+            rr.limit,
+        );
     }
 }
 
@@ -223,13 +243,13 @@ fn search_windows(
     rr: &RegexRule,
     value: &[u8],
     hits: &[(usize, usize)],
-    state: &mut RuleState,
+    found: &mut Found,
     mi: usize,
 ) {
     if rr.reach.is_whole() {
-        return record_regex(rr, value, state, mi);
+        return record_regex(rr, value, found, mi);
     }
-    let budget = budget(state, rr.limit);
+    let budget = budget(found, rr.rule, rr.limit);
     if budget == 0 {
         return;
     }
@@ -278,7 +298,7 @@ fn search_windows(
         search(c.start, c.end, &mut count);
     }
     if let Some((s, e)) = first {
-        record(state, mi, &value[s..e], count as u32, rr.limit);
+        record(found, rr.rule, mi, &value[s..e], count as u32, rr.limit);
     }
 }
 
@@ -305,10 +325,10 @@ fn search_anchored(
     rr: &RegexRule,
     value: &[u8],
     hits: &[(usize, usize)],
-    state: &mut RuleState,
+    found: &mut Found,
     mi: usize,
 ) {
-    let budget = budget(state, rr.limit);
+    let budget = budget(found, rr.rule, rr.limit);
     if budget == 0 {
         return;
     }
@@ -330,7 +350,7 @@ fn search_anchored(
         }
     }
     if let Some((s, e)) = first {
-        record(state, mi, &value[s..e], count as u32, rr.limit);
+        record(found, rr.rule, mi, &value[s..e], count as u32, rr.limit);
     }
 }
 
@@ -347,7 +367,7 @@ impl TargetMatcher {
                     if let Consumer::Literal(l) = c
                         && l.accepts(value, start, end)
                     {
-                        record(&mut s.state[l.rule], mi, span, 1, l.limit);
+                        record(&mut s.found, l.rule, mi, span, 1, l.limit);
                     }
                 }
             }
@@ -356,7 +376,7 @@ impl TargetMatcher {
         let set_members = self.sets.iter().flat_map(|(_, members)| members);
         let byte_filtered = self.byte_filtered.iter().map(|(_, rr)| rr);
         for rr in self.factored.iter().chain(byte_filtered).chain(set_members) {
-            record_regex(rr, value, &mut s.state[rr.rule], mi);
+            record_regex(rr, value, &mut s.found, mi);
         }
     }
 
@@ -372,7 +392,7 @@ impl TargetMatcher {
                     match c {
                         Consumer::Literal(l) => {
                             if l.accepts(value, start, end) {
-                                record(&mut s.state[l.rule], mi, span, 1, l.limit);
+                                record(&mut s.found, l.rule, mi, span, 1, l.limit);
                             }
                         }
                         Consumer::Factor { clause, bit } => {
@@ -411,28 +431,28 @@ impl TargetMatcher {
                 rest = &rest[n..];
                 let rr = &self.factored[idx];
                 if rr.anchored && anchored_is_linear(rr, &s.spans) {
-                    search_anchored(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+                    search_anchored(rr, value, &s.spans, &mut s.found, mi);
                 } else {
-                    search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+                    search_windows(rr, value, &s.spans, &mut s.found, mi);
                 }
             }
         }
         s.factor_hits.clear();
         for (rare, rr) in &self.byte_filtered {
-            if budget(&s.state[rr.rule], rr.limit) == 0 {
+            if budget(&s.found, rr.rule, rr.limit) == 0 {
                 continue;
             }
             s.spans.clear();
             rare.for_each(value, |i| s.spans.push((i, i + 1)));
             if !s.spans.is_empty() {
-                search_windows(rr, value, &s.spans, &mut s.state[rr.rule], mi);
+                search_windows(rr, value, &s.spans, &mut s.found, mi);
             }
         }
         for (set, members) in &self.sets {
             // Members that reached their max_hits need no search.
             if members
                 .iter()
-                .all(|rr| budget(&s.state[rr.rule], rr.limit) == 0)
+                .all(|rr| budget(&s.found, rr.rule, rr.limit) == 0)
             {
                 continue;
             }
@@ -440,7 +460,7 @@ impl TargetMatcher {
             set.which_overlapping_matches(&Input::new(value), ps);
             for p in ps.iter() {
                 let rr = &members[p.as_usize()];
-                record_regex(rr, value, &mut s.state[rr.rule], mi);
+                record_regex(rr, value, &mut s.found, mi);
             }
         }
     }
@@ -464,7 +484,10 @@ impl CompiledRules {
         let mut s = Scratch {
             occurrences: Vec::new(),
             folded: Vec::new(),
-            state: vec![RuleState::default(); self.rules.len()],
+            found: Found {
+                counts: vec![0; self.rules.len()],
+                first: Vec::new(),
+            },
             stamp: Vec::new(),
             mask: Vec::new(),
             queued: Vec::new(),
@@ -474,47 +497,88 @@ impl CompiledRules {
             value_no: 0,
             patsets: Vec::new(),
         };
+        // Each header goes to the matcher of its name, looked up once: (matcher, value).
+        let mut headers: Vec<(usize, &[u8])> = Vec::new();
+        let mut name = String::new();
+        for (n, v) in targets.headers() {
+            name.clear();
+            name.extend(n.chars().map(|c| c.to_ascii_lowercase()));
+            if let Some(&mi) = self.header_matchers.get(name.as_str()) {
+                headers.push((mi, v.as_bytes()));
+            }
+        }
+        // Stable: each matcher sees its values in message order.
+        headers.sort_by_key(|h| h.0);
         for (mi, m) in self.matchers.iter().enumerate() {
+            let values = match &m.target {
+                Target::Header(_) => {
+                    let from = headers.partition_point(|h| h.0 < mi);
+                    let n = headers[from..].iter().take_while(|h| h.0 == mi).count();
+                    if n == 0 {
+                        continue;
+                    }
+                    Values::Headers(&headers[from..from + n])
+                }
+                Target::AllHeaders if targets.headers().is_empty() => continue,
+                Target::Field(f) if targets.field(*f).is_empty() => continue,
+                _ => Values::All,
+            };
             s.stamp.clear();
             s.stamp.resize(m.clauses.len(), 0);
             s.mask.clear();
             s.mask.resize(m.clauses.len(), 0);
             s.queued.clear();
             s.queued.resize(m.factored.len(), 0);
-            if reference {
-                targets.for_each_value(&m.target, |v| m.scan_value_reference(mi, v, &mut s));
-            } else {
-                targets.for_each_value(&m.target, |v| m.scan_value(mi, v, &mut s));
+            let scan = |v: &[u8], s: &mut Scratch| {
+                if reference {
+                    m.scan_value_reference(mi, v, s);
+                } else {
+                    m.scan_value(mi, v, s);
+                }
+            };
+            match values {
+                Values::Headers(values) => values.iter().for_each(|(_, v)| scan(v, &mut s)),
+                Values::All => targets.for_each_value(&m.target, |v| scan(v, &mut s)),
             }
         }
-        let mut counts: Vec<u32> = s.state.iter().map(|r| r.count).collect();
+        let Found {
+            mut counts,
+            mut first,
+        } = s.found;
+        // The rules that hit, in rule order: those that matched, and the meta rules true.
+        let mut hit: Vec<usize> = first.iter().map(|f| f.0).collect();
         for m in &self.metas {
             // Most rules match nothing in a message: a meta rule whose references all have
             // their baseline counts has its baseline value.
             let unchanged = m.deps.iter().all(|d| counts[*d] == self.baseline[*d]);
-            let hit = if unchanged {
+            let value = if unchanged {
                 self.baseline[m.rule]
             } else {
                 u32::from(m.expr.eval(&counts) != 0.0)
             };
-            counts[m.rule] = hit;
-            s.state[m.rule].count = hit;
+            counts[m.rule] = value;
+            if value != 0 {
+                hit.push(m.rule);
+            }
         }
+        hit.sort_unstable();
+        first.sort_unstable_by_key(|f| f.0);
         let packs = self
             .packs
             .iter()
             .map(|p| {
                 let mut score = 0.0;
                 let mut hits = Vec::new();
-                for i in p.rules.clone() {
-                    let st = &s.state[i];
-                    if st.count == 0 {
-                        continue;
-                    }
+                let from = hit.partition_point(|&i| i < p.rules.start);
+                for &i in hit[from..].iter().take_while(|&&i| i < p.rules.end) {
                     let r = &self.rules[i];
                     score += r.score;
-                    let (target, matched) = match (&st.first, r.kind) {
-                        (Some((mi, text)), RuleKind::Literals | RuleKind::Regex) => (
+                    let matched = first
+                        .binary_search_by_key(&i, |f| f.0)
+                        .ok()
+                        .map(|at| &first[at]);
+                    let (target, matched) = match (matched, r.kind) {
+                        (Some((_, mi, text)), RuleKind::Literals | RuleKind::Regex) => (
                             Some(target_name(&self.matchers[*mi].target)),
                             Some(String::from_utf8_lossy(text).into_owned()),
                         ),
@@ -523,7 +587,7 @@ impl CompiledRules {
                     hits.push(Hit {
                         rule: r.id.clone(),
                         score: r.score,
-                        count: st.count,
+                        count: counts[i],
                         target,
                         matched,
                     });

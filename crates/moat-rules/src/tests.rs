@@ -790,3 +790,49 @@ fn regex_sets_share_a_pass_by_kind() {
     assert_eq!(ids("  oneword "), ["EARLY1", "EARLY2", "START2"]);
     assert_eq!(ids("  \n"), Vec::<String>::new());
 }
+
+#[test]
+fn header_values_reach_the_rule_of_their_name_in_message_order() {
+    let rules = r#"
+[[rule]]
+id = "MAILER"
+target = "header:X-Mailer"
+regex = 'bulk\w*'
+score = 1.0
+[[rule]]
+id = "RECEIVED"
+target = "header:received"
+literals = ["relay"]
+score = 1.0
+[[rule]]
+id = "ANY"
+target = "header"
+regex = '(?i)^x-mailer: '
+score = 1.0
+"#;
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let mut t = Targets::new();
+    t.push_header("Received", "from a by relay1");
+    t.push_header("x-MAILER", "bulkmail 2");
+    t.push_header("Subject", "bulky");
+    t.push_header("X-Mailer", "bulksender");
+    t.push_header("RECEIVED", "from b by relay2");
+    let r = compiled.scan(&t);
+    let got: Vec<(&str, u32, Option<&str>)> = r.packs[0]
+        .hits
+        .iter()
+        .map(|h| (h.rule.as_str(), h.count, h.matched.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("MAILER", 2, Some("bulkmail")),
+            ("RECEIVED", 2, Some("relay")),
+            ("ANY", 2, Some("x-MAILER: ")),
+        ]
+    );
+    // A message without those headers: no hit, and the other rules still run.
+    let mut t = Targets::new();
+    t.push_header("Subject", "bulk relay");
+    assert!(compiled.scan(&t).packs[0].hits.is_empty());
+}
