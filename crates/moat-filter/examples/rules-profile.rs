@@ -1,9 +1,14 @@
 //! Where scan time goes with imported SpamAssassin rules:
 //! `cargo run --release -p moat-filter --example rules-profile -- RULES.cf... -- MESSAGES...`
-//! (folders are walked). `MOAT_BODY_LOOPS=N` times the decoded-body scan N times and skips
-//! the report (for `perf`; `MOAT_SCAN=all` times all targets instead, `MOAT_SCAN=walk`
-//! the MIME walk alone); `MOAT_PROFILE_FACTORS=1` lists the automaton patterns found
-//! most, with the rules they feed, and the regexes run in sets.
+//! (folders are walked).
+//!
+//! - `MOAT_BODY_LOOPS=N` times the decoded-body scan N times and skips the report (for
+//!   `perf`); `MOAT_SCAN=all` times all targets instead, `MOAT_SCAN=walk` the MIME walk
+//!   alone, and `MOAT_SCAN=fields` each kind of value alone (no value at all, the fixed cost
+//!   of a scan; the headers; each field), or only the kind named by `MOAT_FIELD`.
+//! - `MOAT_PROFILE_FACTORS=1` lists the automaton patterns found most, with the rules they
+//!   feed, and the regexes run in each set.
+//! - `MOAT_SET_BUDGET=BYTES` sets `CompileOptions::regex_set_budget`.
 
 use std::path::PathBuf;
 use std::time::Instant;

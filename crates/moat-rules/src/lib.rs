@@ -8,7 +8,8 @@
 //! where its factors were found, and there only anchored at the literals its matches start
 //! with or in the windows around the factor's occurrences that a match can reach. Regexes
 //! without a usable factor run around a rare byte every match contains, or, without one,
-//! together in small multi-pattern sets. Meta rules combine other rules' hits.
+//! together in multi-pattern sets, which grow while the lazy DFA of their union stays
+//! small. Meta rules combine other rules' hits.
 //! [`RuleStore`] keeps the active snapshot in an `ArcSwap` and has one reload path
 //! (load → compile → run the packs' tests → swap).
 //!
