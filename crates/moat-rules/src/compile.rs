@@ -155,6 +155,8 @@ pub(crate) struct RegexRule {
     /// Every match starts at an occurrence of a trigger factor (bit 0 of its clauses): it
     /// is searched anchored there instead of in windows.
     pub(crate) anchored: bool,
+    /// Every match starts at the start of the value (`^` outside multi-line mode).
+    pub(crate) at_start: bool,
 }
 
 /// One way for a factored regex to become a candidate: all of its factor sets found.
@@ -622,7 +624,7 @@ pub(crate) fn compile(
                             limit: rules[p.global].max_hits,
                         }),
                     ),
-                    (Entry::Regex { pattern }, Some(c)) => {
+                    (Entry::Regex { .. }, Some(c)) => {
                         let factors = &c.clauses;
                         let rr = RegexRule {
                             rule: p.global,
@@ -631,11 +633,11 @@ pub(crate) fn compile(
                             pattern: c.pattern.clone(),
                             reach: c.reach.clone(),
                             anchored: !factors.is_empty() && factors.iter().all(|f| f.starts),
+                            at_start: c.at_start,
                         };
                         if let Some(rare) = &c.rare {
                             tb.byte_filtered.push((rare.clone(), rr));
                         } else if factors.is_empty() {
-                            tb.set_patterns.push(effective(pattern, p.case_sensitive));
                             tb.set_rules.push(rr);
                         } else {
                             let idx = tb.factored.len();
@@ -769,6 +771,7 @@ struct CompiledRegex {
     reach: Reach,
     /// Only for regexes without clauses.
     rare: Option<RareBytes>,
+    at_start: bool,
 }
 
 /// Builds `pattern` exactly as `regex::bytes::RegexBuilder` does (leftmost-first, bytes
@@ -821,6 +824,10 @@ fn compile_regex(
         clauses,
         reach: Reach::of(&hir),
         rare,
+        at_start: hir
+            .properties()
+            .look_set_prefix()
+            .contains(regex_syntax::hir::Look::Start),
     })
 }
 
@@ -890,33 +897,23 @@ enum Kind {
 ///   threads alive (obfuscated drug names, amounts of money) stay small, so dozens share
 ///   one pass; counted repetitions of words multiply each other's states and are kept
 ///   apart.
-fn set_groups(rules: &[RegexRule], patterns: &[String], opts: &CompileOptions) -> Vec<Vec<usize>> {
+fn set_groups(rules: &[RegexRule], opts: &CompileOptions) -> Vec<Vec<usize>> {
     let mut order: Vec<(Kind, usize, usize)> = rules
         .par_iter()
-        .zip(patterns)
         .enumerate()
-        .map(|(i, (rr, pat))| {
-            let anchored = regex_syntax::ParserBuilder::new()
-                .utf8(false)
-                .build()
-                .parse(pat)
-                .is_ok_and(|h| {
-                    h.properties()
-                        .look_set_prefix()
-                        .contains(regex_syntax::hir::Look::Start)
-                });
+        .map(|(i, rr)| {
             let kind = if rr
                 .re
                 .find(rarity::REFERENCE.as_bytes())
                 .is_some_and(|m| m.end() <= 256)
             {
                 Kind::Early
-            } else if anchored {
+            } else if rr.at_start {
                 Kind::Anchored
             } else {
                 Kind::Other
             };
-            let alone = set_memory(&[pat.as_str()], opts).unwrap_or(usize::MAX);
+            let alone = set_memory(&[&rr.pattern], opts).unwrap_or(usize::MAX);
             (kind, alone, i)
         })
         .collect();
@@ -930,7 +927,7 @@ fn set_groups(rules: &[RegexRule], patterns: &[String], opts: &CompileOptions) -
                     let pats: Vec<&str> = current
                         .iter()
                         .chain([&i])
-                        .map(|&j| patterns[j].as_str())
+                        .map(|&j| &*rules[j].pattern)
                         .collect();
                     set_memory(&pats, opts).is_some_and(|m| m <= opts.regex_set_budget)
                 };
@@ -959,7 +956,6 @@ struct TargetBuild {
     factored: Vec<RegexRule>,
     clauses: Vec<Clause>,
     byte_filtered: Vec<(RareBytes, RegexRule)>,
-    set_patterns: Vec<String>,
     set_rules: Vec<RegexRule>,
 }
 
@@ -990,12 +986,12 @@ impl TargetBuild {
                 Problem::new("", format!("cannot build the automaton for {target}: {e}"))
             })?)
         };
-        let groups = set_groups(&self.set_rules, &self.set_patterns, opts);
+        let groups = set_groups(&self.set_rules, opts);
         let mut sets = Vec::new();
         for members in groups {
             let pats: Vec<&str> = members
                 .iter()
-                .map(|&i| self.set_patterns[i].as_str())
+                .map(|&i| &*self.set_rules[i].pattern)
                 .collect();
             let rules: Vec<RegexRule> =
                 members.iter().map(|&i| self.set_rules[i].clone()).collect();
