@@ -11,10 +11,10 @@
 //! - `MOAT_SET_BUDGET=BYTES` sets `CompileOptions::regex_set_budget`.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use moat_filter::{EnvelopeFacts, Limits, extract};
-use moat_rules::{CompileOptions, Field, Targets};
+use moat_rules::{CompileOptions, CompiledRules, Field, Targets};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -124,13 +124,7 @@ fn main() {
                 continue;
             }
             let bytes: usize = ts.iter().map(|t| t.total_len()).sum();
-            let t = Instant::now();
-            for _ in 0..loops.unwrap_or(1) {
-                for b in ts {
-                    std::hint::black_box(rules.scan(b));
-                }
-            }
-            let el = t.elapsed() / loops.unwrap_or(1);
+            let el = time_scans(&rules, ts, loops.unwrap_or(1));
             println!(
                 "{name:<16} {bytes:>10} bytes {:>10.1} ms",
                 el.as_secs_f64() * 1e3
@@ -145,13 +139,7 @@ fn main() {
     } else {
         (&bodies, bytes)
     };
-    let t = Instant::now();
-    for _ in 0..loops.unwrap_or(1) {
-        for b in timed {
-            std::hint::black_box(rules.scan(b));
-        }
-    }
-    let el = t.elapsed() / loops.unwrap_or(1);
+    let el = time_scans(&rules, timed, loops.unwrap_or(1));
     println!(
         "{}: {} bytes in {:?} = {:.1} MB/s",
         if all { "all targets" } else { "body" },
@@ -162,4 +150,15 @@ fn main() {
     if loops.is_none() {
         print!("{}", moat_rules::profile_scan(&rules, &ex));
     }
+}
+
+/// The time of one scan of every message in `messages`, averaged over `loops` rounds.
+fn time_scans(rules: &CompiledRules, messages: &[Targets<'_>], loops: u32) -> Duration {
+    let t = Instant::now();
+    for _ in 0..loops {
+        for m in messages {
+            std::hint::black_box(rules.scan(m));
+        }
+    }
+    t.elapsed() / loops
 }

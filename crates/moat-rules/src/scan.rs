@@ -357,22 +357,37 @@ fn search_anchored(
 impl TargetMatcher {
     /// The reference for the fast path: literals through the automaton, but every regex of
     /// the target run over the whole value, with no factor, window or set.
-    fn scan_value_reference(&self, mi: usize, value: &[u8], s: &mut Scratch) {
-        if let Some(lits) = &self.literals {
-            let mut occurrences = std::mem::take(&mut s.occurrences);
-            lits.find_all(value, &mut occurrences, &mut s.folded);
-            for &(pat, start, end) in &occurrences {
-                let span = &value[start..end];
-                for c in &self.consumers[pat as usize] {
-                    if let Consumer::Literal(l) = c
-                        && l.accepts(value, start, end)
-                    {
-                        record(&mut s.found, l.rule, mi, span, 1, l.limit);
+    /// Runs the literal search over `value`: records the rule literals found, and hands
+    /// each factor occurrence to `factor` (clause, bit, start, end).
+    fn search_literals(
+        &self,
+        mi: usize,
+        value: &[u8],
+        s: &mut Scratch,
+        mut factor: impl FnMut(&mut Scratch, usize, u8, usize, usize),
+    ) {
+        let Some(lits) = &self.literals else {
+            return;
+        };
+        let mut occurrences = std::mem::take(&mut s.occurrences);
+        lits.find_all(value, &mut occurrences, &mut s.folded);
+        for &(pat, start, end) in &occurrences {
+            for c in &self.consumers[pat as usize] {
+                match c {
+                    Consumer::Literal(l) => {
+                        if l.accepts(value, start, end) {
+                            record(&mut s.found, l.rule, mi, &value[start..end], 1, l.limit);
+                        }
                     }
+                    Consumer::Factor { clause, bit } => factor(s, *clause, *bit, start, end),
                 }
             }
-            s.occurrences = occurrences;
         }
+        s.occurrences = occurrences;
+    }
+
+    fn scan_value_reference(&self, mi: usize, value: &[u8], s: &mut Scratch) {
+        self.search_literals(mi, value, s, |_, _, _, _, _| {});
         let set_members = self.sets.iter().flat_map(|(_, members)| members);
         let byte_filtered = self.byte_filtered.iter().map(|(_, rr)| rr);
         for rr in self.factored.iter().chain(byte_filtered).chain(set_members) {
@@ -383,40 +398,22 @@ impl TargetMatcher {
     fn scan_value(&self, mi: usize, value: &[u8], s: &mut Scratch) {
         s.value_no += 1;
         s.candidates.clear();
-        if let Some(lits) = &self.literals {
-            let mut occurrences = std::mem::take(&mut s.occurrences);
-            lits.find_all(value, &mut occurrences, &mut s.folded);
-            for &(pat, start, end) in &occurrences {
-                let span = &value[start..end];
-                for c in &self.consumers[pat as usize] {
-                    match c {
-                        Consumer::Literal(l) => {
-                            if l.accepts(value, start, end) {
-                                record(&mut s.found, l.rule, mi, span, 1, l.limit);
-                            }
-                        }
-                        Consumer::Factor { clause, bit } => {
-                            let c = *clause;
-                            if s.stamp[c] != s.value_no {
-                                s.stamp[c] = s.value_no;
-                                s.mask[c] = 0;
-                            }
-                            s.mask[c] |= 1 << bit;
-                            let cl = self.clauses[c];
-                            // An anchored regex is searched at its triggers' occurrences only.
-                            if *bit == 0 || !self.factored[cl.regex].anchored {
-                                s.factor_hits.push((cl.regex, start, end));
-                            }
-                            if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
-                                s.queued[cl.regex] = s.value_no;
-                                s.candidates.push(cl.regex);
-                            }
-                        }
-                    }
-                }
+        self.search_literals(mi, value, s, |s, c, bit, start, end| {
+            if s.stamp[c] != s.value_no {
+                s.stamp[c] = s.value_no;
+                s.mask[c] = 0;
             }
-            s.occurrences = occurrences;
-        }
+            s.mask[c] |= 1 << bit;
+            let cl = self.clauses[c];
+            // An anchored regex is searched at its triggers' occurrences only.
+            if bit == 0 || !self.factored[cl.regex].anchored {
+                s.factor_hits.push((cl.regex, start, end));
+            }
+            if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
+                s.queued[cl.regex] = s.value_no;
+                s.candidates.push(cl.regex);
+            }
+        });
         if !s.candidates.is_empty() {
             // Occurrences of the candidates' factors, grouped per regex in value order.
             let (queued, no) = (&s.queued, s.value_no);
