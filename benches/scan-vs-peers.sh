@@ -76,6 +76,8 @@ for j in range(sa_n):
     shutil.copy(pick[i], os.path.join(work, "sa-corpus", "%04d.eml" % i))
 shutil.copy(pick[0], os.path.join(work, "one", "0000.eml"))
 PY
+# The corpus may hold fewer messages than asked for: rates count the files copied.
+N=$(find "$WORK/corpus" -name '*.eml' | wc -l); SA_N=$(find "$WORK/sa-corpus" -name '*.eml' | wc -l)
 BYTES=$(cat "$WORK"/corpus/*.eml | wc -c)
 echo "sample: $N messages ($BYTES bytes); spamd subset: $SA_N" >&2
 

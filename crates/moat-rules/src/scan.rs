@@ -113,14 +113,16 @@ impl ScanResult {
 }
 
 /// The values one matcher scans in a message.
-enum Values<'a, 'v> {
-    /// The values of a `header:Name` target, found for it beforehand.
-    Headers(&'a [(usize, &'v [u8])]),
+enum Values<'a> {
+    /// The values of a `header:Name` target, found for it beforehand: (matcher, index in
+    /// the message's headers).
+    Headers(&'a [(usize, usize)]),
     /// Every value of its target.
     All,
 }
 
 /// What the scan of one message found per rule.
+#[derive(Default)]
 struct Found {
     /// Matches counted per rule (dense: one per rule of the snapshot).
     counts: Vec<u32>,
@@ -129,7 +131,12 @@ struct Found {
     first: Vec<(usize, usize, Vec<u8>)>,
 }
 
+#[derive(Default)]
 struct Scratch {
+    /// The headers that have a `header:Name` matcher: (matcher, index in the headers).
+    headers: Vec<(usize, usize)>,
+    /// A header name, lower-cased.
+    name: String,
     /// Literal occurrences in the current value.
     occurrences: Vec<crate::literals::Occurrence>,
     /// The current value folded for the literal search.
@@ -478,30 +485,31 @@ impl CompiledRules {
     }
 
     fn scan_with(&self, targets: &Targets<'_>, reference: bool) -> ScanResult {
-        let mut s = Scratch {
-            occurrences: Vec::new(),
-            folded: Vec::new(),
-            found: Found {
-                counts: vec![0; self.rules.len()],
-                first: Vec::new(),
-            },
-            stamp: Vec::new(),
-            mask: Vec::new(),
-            queued: Vec::new(),
-            candidates: Vec::new(),
-            factor_hits: Vec::new(),
-            spans: Vec::new(),
-            value_no: 0,
-            patsets: Vec::new(),
-        };
-        // Each header goes to the matcher of its name, looked up once: (matcher, value).
-        let mut headers: Vec<(usize, &[u8])> = Vec::new();
-        let mut name = String::new();
-        for (n, v) in targets.headers() {
-            name.clear();
-            name.extend(n.chars().map(|c| c.to_ascii_lowercase()));
-            if let Some(&mi) = self.header_matchers.get(name.as_str()) {
-                headers.push((mi, v.as_bytes()));
+        thread_local! {
+            /// Scratch space of the scans on this thread, kept between messages (it keeps
+            /// the capacity the largest message scanned here needed).
+            static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> =
+                const { std::cell::Cell::new(None) };
+        }
+        let mut s = SCRATCH.take().unwrap_or_default();
+        let result = self.scan_in(targets, reference, &mut s);
+        SCRATCH.set(Some(s));
+        result
+    }
+
+    fn scan_in(&self, targets: &Targets<'_>, reference: bool, s: &mut Scratch) -> ScanResult {
+        s.found.counts.clear();
+        s.found.counts.resize(self.rules.len(), 0);
+        s.found.first.clear();
+        // Each header goes to the matcher of its name, looked up once.
+        let mut headers = std::mem::take(&mut s.headers);
+        headers.clear();
+        for (i, (n, _)) in targets.headers().iter().enumerate() {
+            s.name.clear();
+            s.name.push_str(n);
+            s.name.make_ascii_lowercase();
+            if let Some(&mi) = self.header_matchers.get(s.name.as_str()) {
+                headers.push((mi, i));
             }
         }
         // Stable: each matcher sees its values in message order.
@@ -534,14 +542,14 @@ impl CompiledRules {
                 }
             };
             match values {
-                Values::Headers(values) => values.iter().for_each(|(_, v)| scan(v, &mut s)),
-                Values::All => targets.for_each_value(&m.target, |v| scan(v, &mut s)),
+                Values::Headers(values) => values
+                    .iter()
+                    .for_each(|&(_, i)| scan(targets.headers()[i].1.as_bytes(), s)),
+                Values::All => targets.for_each_value(&m.target, |v| scan(v, s)),
             }
         }
-        let Found {
-            mut counts,
-            mut first,
-        } = s.found;
+        s.headers = headers;
+        let Found { counts, first } = &mut s.found;
         // The rules that hit, in rule order: those that matched, and the meta rules true.
         let mut hit: Vec<usize> = first.iter().map(|f| f.0).collect();
         for m in &self.metas {
@@ -715,8 +723,29 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                     users.join(" ")
                 );
             }
-            for (n, (_, members)) in m.sets.iter().enumerate() {
-                let _ = writeln!(out, "      set {n}: {} regexes", members.len());
+            for (n, (set, members)) in m.sets.iter().enumerate() {
+                // The set on its own, warm: one untimed pass, then one timed.
+                let mut ps = PatternSet::new(members.len());
+                let pass = |ps: &mut PatternSet| {
+                    let mut hits = 0usize;
+                    for t in messages {
+                        t.for_each_value(&m.target, |v| {
+                            ps.clear();
+                            set.which_overlapping_matches(&Input::new(v), ps);
+                            hits += ps.len();
+                        });
+                    }
+                    hits
+                };
+                pass(&mut ps);
+                let s = Instant::now();
+                let hits = pass(&mut ps);
+                let _ = writeln!(
+                    out,
+                    "      set {n}: {} regexes, {:.3?} warm, {hits} hits",
+                    members.len(),
+                    s.elapsed()
+                );
                 for rr in members {
                     let _ = writeln!(out, "      set: {} {}", rules.rules[rr.rule].id, rr.pattern);
                 }
