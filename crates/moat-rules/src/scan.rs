@@ -559,7 +559,7 @@ impl CompiledRules {
             let value = if unchanged {
                 self.baseline[m.rule]
             } else {
-                u32::from(m.expr.eval(&counts) != 0.0)
+                u32::from(m.expr.eval(counts) != 0.0)
             };
             counts[m.rule] = value;
             if value != 0 {
