@@ -1,5 +1,6 @@
 //! The content-filter [`Stage`]: takes the rule snapshot once, scans, maps the result to a
-//! [`Verdict`].
+//! [`Verdict`] (tagging with a subject prefix rewrites the message). The node's stage wraps
+//! [`ContentFilter::judge`] with its metrics, so both decide alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -188,6 +189,26 @@ impl ContentFilter {
         &self.store
     }
 
+    /// Scans with the current snapshot, taken once for the whole message, and decides:
+    /// the verdict of [`verdict`], except that tagging with the pack's subject prefix
+    /// replaces the message with one whose subject carries it.
+    pub fn judge(
+        &self,
+        session: &SessionInfo,
+        env: &Envelope,
+        message: &[u8],
+    ) -> (Outcome, Verdict) {
+        let outcome = self.scan(session, env, message);
+        let verdict = match (verdict(&outcome, &self.config), &outcome.subject_prefix) {
+            (Verdict::Tag(headers), Some(prefix)) if !prefix.is_empty() => Verdict::Replace(
+                tag_with_subject_prefix(message, &headers, prefix),
+                format!("tagged, subject prefix {prefix:?}"),
+            ),
+            (v, _) => v,
+        };
+        (outcome, verdict)
+    }
+
     /// Scans with the current snapshot, taken once for the whole message.
     pub fn scan(&self, session: &SessionInfo, env: &Envelope, message: &[u8]) -> Outcome {
         let rules = self.store.snapshot();
@@ -213,7 +234,7 @@ impl Stage for ContentFilter {
         message: &'a [u8],
     ) -> StageFuture<'a> {
         Box::pin(async move {
-            let outcome = self.scan(session, env, message);
+            let (outcome, verdict) = self.judge(session, env, message);
             tracing::debug!(
                 action = outcome.action.as_str(),
                 score = outcome.score,
@@ -221,7 +242,82 @@ impl Stage for ContentFilter {
                 micros = outcome.elapsed.as_micros() as u64,
                 "content scanned"
             );
-            verdict(&outcome, &self.config)
+            verdict
         })
+    }
+}
+
+/// `message` with `headers` in front and `prefix` put before its Subject (a Subject is added
+/// when there is none; a subject that already starts with the prefix is left alone).
+fn tag_with_subject_prefix(message: &[u8], headers: &[(String, String)], prefix: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 256);
+    for (name, value) in headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    let head_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 2);
+    let mut line_start = 0;
+    let mut subject_at = None;
+    while line_start < head_end {
+        let line_end = memchr::memmem::find(&message[line_start..head_end], b"\r\n")
+            .map_or(head_end, |p| line_start + p + 2);
+        let line = &message[line_start..line_end];
+        if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
+            subject_at = Some(line_start + 8);
+            break;
+        }
+        line_start = line_end;
+    }
+    match subject_at {
+        Some(at) => {
+            let rest = &message[at..];
+            let skip = rest
+                .iter()
+                .take_while(|b| **b == b' ' || **b == b'\t')
+                .count();
+            out.extend_from_slice(&message[..at]);
+            out.push(b' ');
+            if !rest[skip..].starts_with(prefix.as_bytes()) {
+                out.extend_from_slice(prefix.as_bytes());
+                out.push(b' ');
+            }
+            out.extend_from_slice(&rest[skip..]);
+        }
+        None => {
+            out.extend_from_slice(format!("Subject: {prefix}\r\n").as_bytes());
+            out.extend_from_slice(message);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag_with_subject_prefix;
+
+    #[test]
+    fn subject_prefix() {
+        let h = vec![("X-Moat-Score".to_string(), "6".to_string())];
+        let cases: &[(&str, &str)] = &[
+            (
+                "Received: x\r\nSubject: hello\r\n\r\nbody\r\n",
+                "X-Moat-Score: 6\r\nReceived: x\r\nSubject: [SPAM] hello\r\n\r\nbody\r\n",
+            ),
+            (
+                "subject:hello\r\n\r\nSubject: in body\r\n",
+                "X-Moat-Score: 6\r\nsubject: [SPAM] hello\r\n\r\nSubject: in body\r\n",
+            ),
+            (
+                "Subject: [SPAM] again\r\n\r\nb\r\n",
+                "X-Moat-Score: 6\r\nSubject: [SPAM] again\r\n\r\nb\r\n",
+            ),
+            (
+                "From: a\r\n\r\nSubject: not a header\r\n",
+                "X-Moat-Score: 6\r\nSubject: [SPAM]\r\nFrom: a\r\n\r\nSubject: not a header\r\n",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = tag_with_subject_prefix(input.as_bytes(), &h, "[SPAM]");
+            assert_eq!(String::from_utf8(got).unwrap(), *want, "{input:?}");
+        }
     }
 }

@@ -209,6 +209,30 @@ fn verdicts_table() {
 }
 
 #[test]
+fn tagging_with_a_subject_prefix_replaces_the_message() {
+    let (dir, f) = filter(FilterConfig::default());
+    let pack = PACK.replace("reject_text", "subject_prefix = \"[SPAM]\"\nreject_text");
+    std::fs::write(dir.path().join("stage.toml"), pack).unwrap();
+    f.store().reload().unwrap();
+    let s = session("in", "mx.example", "192.0.2.9:4000");
+    let e = Envelope::default();
+    let v = now(f.data(&s, &e, b"From: a@b\r\nSubject: two\r\n\r\nx\r\n"));
+    let Verdict::Replace(message, why) = &v else {
+        panic!("{v:?}")
+    };
+    let message = String::from_utf8_lossy(message);
+    assert!(message.starts_with("X-Moat-Score: 2\r\n"), "{message}");
+    assert!(
+        message.ends_with("From: a@b\r\nSubject: [SPAM] two\r\n\r\nx\r\n"),
+        "{message}"
+    );
+    assert!(why.contains("[SPAM]"), "{why}");
+    // Below the tag threshold the message is left as it is.
+    let v = now(f.data(&s, &e, b"Subject: hello\r\n\r\nx\r\n"));
+    assert_eq!(v, Verdict::Continue);
+}
+
+#[test]
 fn reload_swaps_and_keeps_old_on_failure() {
     let (dir, f) = filter(FilterConfig::default());
     let s = session("in", "mx.example", "192.0.2.9:4000");

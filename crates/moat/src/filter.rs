@@ -216,7 +216,6 @@ pub fn watch(
 /// The content filter stage with its metrics.
 pub struct FilterStage {
     filter: ContentFilter,
-    config: FilterConfig,
     metrics: FilterMetrics,
 }
 
@@ -224,8 +223,7 @@ impl FilterStage {
     /// A stage over `store`.
     pub fn new(store: Arc<RuleStore>, config: FilterConfig, metrics: FilterMetrics) -> Self {
         Self {
-            filter: ContentFilter::new(store, config.clone()),
-            config,
+            filter: ContentFilter::new(store, config),
             metrics,
         }
     }
@@ -244,7 +242,8 @@ impl Stage for FilterStage {
     ) -> StageFuture<'a> {
         Box::pin(async move {
             // Matching is CPU-bound: let the runtime move other tasks off this worker.
-            let outcome = tokio::task::block_in_place(|| self.filter.scan(session, env, message));
+            let (outcome, verdict) =
+                tokio::task::block_in_place(|| self.filter.judge(session, env, message));
             let m = &self.metrics;
             m.scan_seconds.observe(outcome.elapsed.as_secs_f64());
             m.verdicts
@@ -260,96 +259,7 @@ impl Stage for FilterStage {
                 action = outcome.action.as_str(), score = outcome.score,
                 status = %outcome.status_line(), "content scanned"
             );
-            let verdict = moat_filter::verdict(&outcome, &self.config);
-            // Tagging with the pack's subject prefix changes the message itself.
-            match (verdict, &outcome.subject_prefix) {
-                (moat_core::Verdict::Tag(headers), Some(prefix)) if !prefix.is_empty() => {
-                    moat_core::Verdict::Replace(
-                        tag_with_subject_prefix(message, &headers, prefix),
-                        format!("tagged, subject prefix {prefix:?}"),
-                    )
-                }
-                (v, _) => v,
-            }
+            verdict
         })
-    }
-}
-
-/// `message` with `headers` in front and `prefix` put before its Subject (a Subject is added
-/// when there is none; a subject that already starts with the prefix is left alone).
-fn tag_with_subject_prefix(message: &[u8], headers: &[(String, String)], prefix: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 256);
-    for (name, value) in headers {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    let head_end = memfind(message, b"\r\n\r\n").map_or(message.len(), |p| p + 2);
-    let mut line_start = 0;
-    let mut subject_at = None;
-    while line_start < head_end {
-        let line_end = memfind(&message[line_start..head_end], b"\r\n")
-            .map_or(head_end, |p| line_start + p + 2);
-        let line = &message[line_start..line_end];
-        if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
-            subject_at = Some(line_start + 8);
-            break;
-        }
-        line_start = line_end;
-    }
-    match subject_at {
-        Some(at) => {
-            let rest = &message[at..];
-            let skip = rest
-                .iter()
-                .take_while(|b| **b == b' ' || **b == b'\t')
-                .count();
-            out.extend_from_slice(&message[..at]);
-            out.push(b' ');
-            if !rest[skip..].starts_with(prefix.as_bytes()) {
-                out.extend_from_slice(prefix.as_bytes());
-                out.push(b' ');
-            }
-            out.extend_from_slice(&rest[skip..]);
-        }
-        None => {
-            out.extend_from_slice(format!("Subject: {prefix}\r\n").as_bytes());
-            out.extend_from_slice(message);
-        }
-    }
-    out
-}
-
-fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tag_with_subject_prefix;
-
-    #[test]
-    fn subject_prefix() {
-        let h = vec![("X-Moat-Score".to_string(), "6".to_string())];
-        let cases: &[(&str, &str)] = &[
-            (
-                "Received: x\r\nSubject: hello\r\n\r\nbody\r\n",
-                "X-Moat-Score: 6\r\nReceived: x\r\nSubject: [SPAM] hello\r\n\r\nbody\r\n",
-            ),
-            (
-                "subject:hello\r\n\r\nSubject: in body\r\n",
-                "X-Moat-Score: 6\r\nsubject: [SPAM] hello\r\n\r\nSubject: in body\r\n",
-            ),
-            (
-                "Subject: [SPAM] again\r\n\r\nb\r\n",
-                "X-Moat-Score: 6\r\nSubject: [SPAM] again\r\n\r\nb\r\n",
-            ),
-            (
-                "From: a\r\n\r\nSubject: not a header\r\n",
-                "X-Moat-Score: 6\r\nSubject: [SPAM]\r\nFrom: a\r\n\r\nSubject: not a header\r\n",
-            ),
-        ];
-        for (input, want) in cases {
-            let got = tag_with_subject_prefix(input.as_bytes(), &h, "[SPAM]");
-            assert_eq!(String::from_utf8(got).unwrap(), *want, "{input:?}");
-        }
     }
 }
