@@ -11,6 +11,7 @@ use crate::archive::{self, ArchiveFinding, ArchiveLimits};
 use crate::error::{AvError, AvErrorKind};
 use crate::magic::{self, TrueType};
 use crate::metrics::AvMetrics;
+use crate::printable;
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -566,13 +567,6 @@ pub(crate) fn strip_parts(
     }
     out.extend_from_slice(&message[pos..]);
     out
-}
-
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(max)
-        .collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::{AntivirusEngine, HealthFuture, ScanFuture, ScanResult};
 use crate::error::{AvError, AvErrorKind};
+use crate::printable;
 
 /// Longest reply accepted from clamd; real replies are under 300 bytes.
 const MAX_REPLY: usize = 4096;
@@ -281,14 +282,6 @@ pub(crate) fn parse_scan_reply(reply: &str) -> Result<ScanResult, AvError> {
         AvErrorKind::Protocol,
         format!("unexpected clamd reply: {}", printable(reply, 200)),
     ))
-}
-
-/// Keeps printable ASCII (no controls, so nothing can break an SMTP reply line), bounded.
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(max)
-        .collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::{AntivirusEngine, HealthFuture, ScanFuture, ScanResult};
 use crate::error::{AvError, AvErrorKind};
+use crate::printable;
 
 /// Longest ICAP response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -308,13 +309,6 @@ fn threat(head: &Head) -> Option<String> {
 fn clean_name(s: &str) -> String {
     let n = printable(s.trim(), 120);
     if n.is_empty() { "unnamed".into() } else { n }
-}
-
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(max)
-        .collect()
 }
 
 impl AntivirusEngine for IcapEngine {

@@ -73,3 +73,12 @@ pub use stage::{
     AntivirusStage, AvOutcome, AvPolicy, Detection, OnDetection, OnFailure, OnUnscannable,
     ScanTargets,
 };
+
+/// `s` cut to printable ASCII and spaces, at most `max` characters: safe in an SMTP reply
+/// line, a header value and a log line (an engine's or a file's words, never its controls).
+pub(crate) fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(max)
+        .collect()
+}

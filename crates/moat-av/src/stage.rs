@@ -361,7 +361,7 @@ impl AntivirusStage {
                 OnUnscannable::Accept => (
                     Verdict::Tag(vec![(
                         p.header.clone(),
-                        format!("not scanned ({})", header_safe(why)),
+                        format!("not scanned ({})", crate::printable(why, 200)),
                     )]),
                     "unscannable-accepted",
                 ),
@@ -471,11 +471,4 @@ fn collect_leaves<'m>(
 
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-}
-
-fn header_safe(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(200)
-        .collect()
 }

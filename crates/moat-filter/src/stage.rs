@@ -88,9 +88,7 @@ impl Outcome {
             ));
         }
         // Header values must stay on one line.
-        s.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect()
+        one_line(&s)
     }
 }
 
@@ -165,6 +163,7 @@ pub fn verdict(outcome: &Outcome, config: &FilterConfig) -> Verdict {
     }
 }
 
+/// `s` with every control character (line breaks included) as a space.
 fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
