@@ -1,6 +1,6 @@
 //! `moat`: run an SMTP edge hygiene node, check its configuration, and tools around it.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -256,8 +256,15 @@ fn main() -> ExitCode {
             let options = moat_rules::CompileOptions::default();
             match moat_filter::cli::scan_paths(&rules, &paths, &options, &config) {
                 Ok(reports) => {
-                    let mut out = std::io::stdout().lock();
-                    if let Err(e) = moat_filter::cli::write_reports(&reports, json, &mut out) {
+                    // Stdout is line-buffered: one write per report line otherwise.
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    if let Err(e) = moat_filter::cli::write_reports(&reports, json, &mut out)
+                        .and_then(|()| out.flush())
+                    {
+                        // A reader that stopped reading (`| head`) is not an error.
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            return ExitCode::SUCCESS;
+                        }
                         eprintln!("moat: {e}");
                         return ExitCode::FAILURE;
                     }
