@@ -637,7 +637,10 @@ pub(crate) fn compile(
                         };
                         if let Some(rare) = &c.rare {
                             tb.byte_filtered.push((rare.clone(), rr));
-                        } else if factors.is_empty() {
+                        } else if factors.is_empty()
+                            || (*target == Target::Field(crate::target::Field::Url)
+                                && factor::common_in_urls(factors))
+                        {
                             tb.set_rules.push(rr);
                         } else {
                             let idx = tb.factored.len();
