@@ -26,6 +26,9 @@ pub struct FileReport {
     /// Set when the MIME walk stopped at a limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitExceeded>,
+    /// Parts the rules saw only up to a scan size limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub truncated_parts: usize,
     /// Per-pack results with the rules that hit and their matched text.
     pub packs: Vec<PackResult>,
     /// Scan time in microseconds.
@@ -33,6 +36,10 @@ pub struct FileReport {
     /// Why the file could not be scanned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Every regular file under `paths` (folders walked recursively, hidden entries skipped),
@@ -75,6 +82,7 @@ pub fn scan_file(rules: &CompiledRules, path: &Path, config: &FilterConfig) -> F
                 verdict: o.action,
                 score: o.score,
                 limit: o.limit,
+                truncated_parts: o.truncated_parts,
                 packs: o.result.packs,
                 micros: o.elapsed.as_micros() as u64,
                 error: None,
@@ -86,6 +94,7 @@ pub fn scan_file(rules: &CompiledRules, path: &Path, config: &FilterConfig) -> F
             verdict: Action::Continue,
             score: 0.0,
             limit: None,
+            truncated_parts: 0,
             packs: Vec::new(),
             micros: 0,
             error: Some(e.to_string()),
@@ -133,6 +142,9 @@ pub fn write_reports(
         )?;
         if let Some(l) = r.limit {
             write!(out, " limit={}", l.as_str())?;
+        }
+        if r.truncated_parts > 0 {
+            write!(out, " truncated={}", r.truncated_parts)?;
         }
         if let Some(e) = &r.error {
             write!(out, " error={e}")?;

@@ -21,6 +21,15 @@ pub struct Limits {
     pub max_decoded_bytes: usize,
     /// Most URLs collected (further URLs are ignored, not an over-limit verdict).
     pub max_urls: usize,
+    /// Most bytes of each decoded text part, and of each HTML part's rendered text, that
+    /// the `text`, `html-text` and `body` rules see (0: no limit). A longer part is cut,
+    /// not refused: it is scanned up to there ([`Extracted::truncated_parts`] counts it).
+    /// SpamAssassin's `body_part_scan_size` plays the same part, with the same default.
+    pub max_text_scan_bytes: usize,
+    /// Most bytes of each HTML part's markup (`html-raw`) and of the undecoded body
+    /// (`raw-body`) that rules see (0: no limit); SpamAssassin's
+    /// `rawbody_part_scan_size`, with its default. `full` is never cut.
+    pub max_raw_scan_bytes: usize,
 }
 
 impl Default for Limits {
@@ -30,8 +39,42 @@ impl Default for Limits {
             max_parts: 1_000,
             max_decoded_bytes: 64 << 20,
             max_urls: 1_000,
+            max_text_scan_bytes: 50_000,
+            max_raw_scan_bytes: 500_000,
         }
     }
+}
+
+/// How far back from a scan limit a cut looks for white space, so as not to split a word.
+const CUT_LOOKBACK: usize = 1024;
+
+/// Where to cut `bytes` to keep at most `max` of them (0: no limit): after the last white
+/// space within [`CUT_LOOKBACK`] bytes of the limit, else at the limit itself moved back to
+/// the start of a UTF-8 character. `None` when `bytes` fits.
+fn cut_at(bytes: &[u8], max: usize) -> Option<usize> {
+    if max == 0 || bytes.len() <= max {
+        return None;
+    }
+    let from = max.saturating_sub(CUT_LOOKBACK);
+    if let Some(i) = bytes[from..max].iter().rposition(u8::is_ascii_whitespace) {
+        return Some(from + i + 1);
+    }
+    // A UTF-8 continuation byte is 0b10xx_xxxx; back up over at most three of them.
+    let mut end = max;
+    while end > max.saturating_sub(3) && bytes[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    Some(end)
+}
+
+/// `s` cut to at most `max` bytes ([`cut_at`]); sets `truncated` when it was cut.
+fn cut_str<'s>(s: &'s str, max: usize, truncated: &mut bool) -> &'s str {
+    let Some(end) = cut_at(s.as_bytes(), max) else {
+        return s;
+    };
+    *truncated = true;
+    // In valid UTF-8 `cut_at` ends after ASCII white space or at a character's first byte.
+    &s[..end]
 }
 
 /// Which limit a message went over.
@@ -108,6 +151,9 @@ pub struct Extracted<'a> {
     pub decoded_bytes: usize,
     /// The MIME parser gave up on this message (only raw and envelope targets are set).
     pub parser_failed: bool,
+    /// Parts (and the raw body) cut at a scan size limit
+    /// ([`Limits::max_text_scan_bytes`], [`Limits::max_raw_scan_bytes`]).
+    pub truncated_parts: usize,
 }
 
 /// Counts header lines naming a content type: an upper bound of the part count, computed
@@ -163,7 +209,12 @@ fn header_text(msg: &Message<'_>, h: &mail_parser::Header<'_>) -> String {
 pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extracted<'a> {
     let mut t = Targets::new();
     t.push(Field::Full, Cow::Borrowed(raw));
-    t.push(Field::RawBody, Cow::Borrowed(&raw[body_offset(raw)..]));
+    let raw_body = &raw[body_offset(raw)..];
+    let raw_cut = cut_at(raw_body, limits.max_raw_scan_bytes);
+    t.push(
+        Field::RawBody,
+        Cow::Borrowed(&raw_body[..raw_cut.unwrap_or(raw_body.len())]),
+    );
     t.push_str(Field::MailFrom, env.mail_from.clone());
     for r in &env.rcpt_to {
         t.push_str(Field::RcptTo, r.clone());
@@ -181,6 +232,7 @@ pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extra
         depth: 0,
         decoded_bytes: 0,
         parser_failed: false,
+        truncated_parts: usize::from(raw_cut.is_some()),
     };
     // Refuse to build a parse tree for a part bomb at all.
     if count_content_types(raw) > limits.max_parts {
@@ -270,19 +322,30 @@ pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extra
 
     let mut sink = UrlSink::new(limits.max_urls);
     let mut body = String::new();
+    // URLs come from whole parts; rules see each part up to its scan limit.
     for s in &text {
         urls::from_text(s, &mut sink);
+        let mut cut = false;
+        let s = cut_str(s, limits.max_text_scan_bytes, &mut cut);
+        out.truncated_parts += usize::from(cut);
         t.push_str(Field::Text, s.to_string());
         body.push_str(s);
         body.push('\n');
     }
     for h in &html {
         urls::from_html(h, &mut sink);
+        let mut cut = false;
+        // Rendering reads the whole markup; the text is cut after it.
         let rendered = mail_parser::decoders::html::html_to_text(h);
-        body.push_str(&rendered);
+        let rendered = cut_str(&rendered, limits.max_text_scan_bytes, &mut cut);
+        body.push_str(rendered);
         body.push('\n');
-        t.push_str(Field::HtmlText, rendered);
-        t.push_str(Field::HtmlRaw, h.to_string());
+        t.push_str(Field::HtmlText, rendered.to_string());
+        t.push_str(
+            Field::HtmlRaw,
+            cut_str(h, limits.max_raw_scan_bytes, &mut cut).to_string(),
+        );
+        out.truncated_parts += usize::from(cut);
     }
     t.push_str(Field::Body, body);
     for u in sink.urls {

@@ -2,11 +2,10 @@
 //! scores and verdicts.
 //!
 //! - [`extract()`]: a message and its envelope → [`moat_rules::Targets`], with explicit
-//!   [`Limits`] (depth, parts, decoded bytes) so a MIME bomb gets a definite verdict.
+//!   [`Limits`] (depth, parts, decoded bytes) so a MIME bomb gets a definite verdict, and
+//!   scan size limits per part so a huge text part costs a bounded scan.
 //! - [`scan_message`]: extract + scan + thresholds → [`Outcome`]; pure and synchronous.
 //! - [`ContentFilter`]: the [`moat_core::Stage`] (end of DATA) over a [`moat_rules::RuleStore`].
-//! - [`FilterSettings`]: the filter's config section (serde, `deny_unknown_fields`) and
-//!   `build()` for the stage and its rule store.
 //! - [`cli`]: `moat scan` and `moat rules check` as library calls.
 //!
 //! ```
@@ -33,11 +32,9 @@
 pub mod cli;
 mod error;
 mod extract;
-mod settings;
 mod stage;
 mod urls;
 
 pub use error::Error;
 pub use extract::{EnvelopeFacts, Extracted, LimitExceeded, Limits, MimeExtractor, extract};
-pub use settings::FilterSettings;
 pub use stage::{ContentFilter, FilterConfig, Outcome, scan_message, verdict};

@@ -48,6 +48,8 @@ pub struct Outcome {
     pub limit: Option<LimitExceeded>,
     /// The MIME parser gave up; only raw and envelope targets were scanned.
     pub parser_failed: bool,
+    /// Parts the rules saw only up to a scan size limit.
+    pub truncated_parts: usize,
     /// Subject prefix to apply when tagging, from the deciding pack.
     pub subject_prefix: Option<String>,
     /// Reject text of the deciding pack.
@@ -120,6 +122,7 @@ pub fn scan_message(
         score: decisive.map_or(0.0, |d| d.score),
         limit: ex.limit,
         parser_failed: ex.parser_failed,
+        truncated_parts: ex.truncated_parts,
         subject_prefix: pack.and_then(|p| p.subject_prefix.clone()),
         reject_text: pack.map_or_else(
             || "message refused by content policy".to_string(),

@@ -118,6 +118,7 @@ fn bombs_get_a_definite_verdict() {
         max_parts: 1_000,
         max_decoded_bytes: 1 << 20,
         max_urls: 100,
+        ..Limits::default()
     };
     let config = FilterConfig {
         limits,

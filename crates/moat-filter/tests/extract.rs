@@ -196,3 +196,103 @@ X-Folded: first\r\n\tsecond =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
         );
     }
 }
+
+/// A message with one text part of `text` and one HTML part of `html` (both 8-bit).
+fn two_parts(text: &str, html: &str) -> Vec<u8> {
+    format!(
+        "Subject: long\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         {text}\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{html}\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn long_parts_are_scanned_up_to_the_scan_limits() {
+    // 20,000 words of five bytes, then a marker far past the limits.
+    let words = "word ".repeat(20_000);
+    let text = format!("{words}MARKERTEXT http://late.example/");
+    let html = format!("<p>{words}MARKERHTML</p>");
+    let raw = two_parts(&text, &html);
+    let limits = Limits {
+        max_text_scan_bytes: 1_000,
+        max_raw_scan_bytes: 5_000,
+        ..Limits::default()
+    };
+    let ex = extract(&raw, &EnvelopeFacts::default(), &limits);
+    assert!(
+        ex.limit.is_none(),
+        "a long part is cut, not an over-limit message"
+    );
+    // The text part, the rendered HTML (with its markup) and the raw body.
+    assert_eq!(ex.truncated_parts, 3);
+    for (field, max) in [
+        (Field::Text, 1_000),
+        (Field::HtmlText, 1_000),
+        (Field::HtmlRaw, 5_000),
+        (Field::RawBody, 5_000),
+    ] {
+        for v in values(&ex, &Target::Field(field)) {
+            assert!(v.len() <= max, "{field:?}: {} bytes", v.len());
+            // Cut at white space: no word is split.
+            assert!(v.ends_with(' ') || v.ends_with("word"), "{field:?}: {v:?}");
+            assert!(!v.contains("MARKER"), "{field:?}");
+        }
+    }
+    // The body joins the cut parts.
+    let body = values(&ex, &Target::Field(Field::Body)).concat();
+    assert!(
+        body.len() <= 2_002 && !body.contains("MARKER"),
+        "{}",
+        body.len()
+    );
+    // URLs still come from the whole part; the whole message is never cut.
+    assert_eq!(
+        values(&ex, &Target::Field(Field::Url)),
+        ["http://late.example/"]
+    );
+    let full = values(&ex, &Target::Field(Field::Full)).concat();
+    assert!(full.contains("MARKERTEXT") && full.contains("MARKERHTML"));
+
+    // 0 is no limit; the defaults hold this message whole too.
+    for limits in [
+        Limits {
+            max_text_scan_bytes: 0,
+            max_raw_scan_bytes: 0,
+            ..Limits::default()
+        },
+        Limits::default(),
+    ] {
+        let ex = extract(&raw, &EnvelopeFacts::default(), &limits);
+        if limits.max_text_scan_bytes == 0 {
+            assert_eq!(ex.truncated_parts, 0);
+            let text = values(&ex, &Target::Field(Field::Text)).concat();
+            assert!(text.contains("MARKERTEXT"));
+        } else {
+            // 100 KB parts: over the default 50,000 bytes of text, under 500,000 of raw.
+            assert_eq!(ex.truncated_parts, 2);
+            let raw_body = values(&ex, &Target::Field(Field::RawBody)).concat();
+            assert!(raw_body.contains("MARKERHTML"));
+        }
+    }
+}
+
+#[test]
+fn a_cut_without_white_space_keeps_characters_whole() {
+    // Three-byte characters and no white space: the cut backs up to a character's start.
+    let text = "€".repeat(2_000);
+    let raw = two_parts(&text, "<p>x</p>");
+    for max in [1_000, 1_001, 1_002, 1_003] {
+        let limits = Limits {
+            max_text_scan_bytes: max,
+            ..Limits::default()
+        };
+        let ex = extract(&raw, &EnvelopeFacts::default(), &limits);
+        let got = values(&ex, &Target::Field(Field::Text)).concat();
+        assert_eq!(got.len(), max / 3 * 3, "max {max}");
+        assert!(got.chars().all(|c| c == '€'));
+        assert_eq!(ex.truncated_parts, 1);
+    }
+}

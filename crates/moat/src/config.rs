@@ -255,10 +255,28 @@ pub struct FilterSection {
     pub max_decoded_bytes: usize,
     /// Most URLs collected per message.
     pub max_urls: usize,
+    /// Most bytes of each text part (and rendered HTML part) the rules see; 0: no limit.
+    pub max_text_scan_bytes: usize,
+    /// Most bytes of each HTML part's markup and of the raw body the rules see; 0: no limit.
+    pub max_raw_scan_bytes: usize,
     /// A message over a MIME limit is rejected (552 5.3.4); `false`: accepted untagged.
     pub reject_over_limit: bool,
     /// Thresholds per connector name, replacing the packs' own.
     pub thresholds: std::collections::BTreeMap<String, ThresholdSection>,
+}
+
+impl FilterSection {
+    /// The MIME walk and scan limits.
+    pub fn limits(&self) -> moat_filter::Limits {
+        moat_filter::Limits {
+            max_depth: self.max_depth,
+            max_parts: self.max_parts,
+            max_decoded_bytes: self.max_decoded_bytes,
+            max_urls: self.max_urls,
+            max_text_scan_bytes: self.max_text_scan_bytes,
+            max_raw_scan_bytes: self.max_raw_scan_bytes,
+        }
+    }
 }
 
 /// `[filter.thresholds.NAME]`
@@ -286,6 +304,8 @@ impl Default for FilterSection {
             max_parts: l.max_parts,
             max_decoded_bytes: l.max_decoded_bytes,
             max_urls: l.max_urls,
+            max_text_scan_bytes: l.max_text_scan_bytes,
+            max_raw_scan_bytes: l.max_raw_scan_bytes,
             reject_over_limit: true,
             thresholds: Default::default(),
         }
@@ -1267,12 +1287,7 @@ impl Config {
             }
             (_, true) => {
                 let mut config = moat_filter::FilterConfig {
-                    limits: moat_filter::Limits {
-                        max_depth: f.max_depth,
-                        max_parts: f.max_parts,
-                        max_decoded_bytes: f.max_decoded_bytes,
-                        max_urls: f.max_urls,
-                    },
+                    limits: f.limits(),
                     scl_stamp: f.scl_stamp,
                     ..Default::default()
                 };

@@ -14,7 +14,8 @@ use moat_core::{Envelope, SessionInfo, Stage, StageFuture};
 use moat_filter::{ContentFilter, FilterConfig};
 use moat_rules::{ReloadOutcome, RuleStore};
 use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,6 +79,7 @@ pub struct FilterMetrics {
     hits: IntCounterVec,
     scan_seconds: Histogram,
     verdicts: IntCounterVec,
+    truncated: IntCounter,
 }
 
 impl FilterMetrics {
@@ -124,7 +126,12 @@ impl FilterMetrics {
         registry.register(Box::new(compile_seconds.clone()))?;
         registry.register(Box::new(hits.clone()))?;
         registry.register(Box::new(scan_seconds.clone()))?;
+        let truncated = IntCounter::new(
+            "moat_filter_truncated_parts_total",
+            "Message parts the rules saw only up to a scan size limit",
+        )?;
         registry.register(Box::new(verdicts.clone()))?;
+        registry.register(Box::new(truncated.clone()))?;
         for trigger in ["watcher", "sighup", "admin", "startup"] {
             for result in ["applied", "unchanged", "rejected"] {
                 reloads.with_label_values(&[trigger, result]);
@@ -140,6 +147,7 @@ impl FilterMetrics {
             hits,
             scan_seconds,
             verdicts,
+            truncated,
         })
     }
 
@@ -249,6 +257,7 @@ impl Stage for FilterStage {
             m.verdicts
                 .with_label_values(&[outcome.action.as_str()])
                 .inc();
+            m.truncated.inc_by(outcome.truncated_parts as u64);
             for p in &outcome.result.packs {
                 for h in &p.hits {
                     m.hits.with_label_values(&[&p.pack, &h.rule]).inc();
@@ -257,6 +266,7 @@ impl Stage for FilterStage {
             tracing::info!(
                 connector = %session.connector, client = %session.client_ip(),
                 action = outcome.action.as_str(), score = outcome.score,
+                truncated_parts = outcome.truncated_parts,
                 status = %outcome.status_line(), "content scanned"
             );
             verdict

@@ -41,9 +41,13 @@ enum Command {
     /// Scan messages (files, or folders of them) with the rule packs: verdict, score, and the
     /// rules that hit with the text they matched. Same code path as the node.
     Scan {
-        /// Folder of rule packs.
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
+        /// The node's configuration file: its `[filter]` rules folder, MIME and scan size
+        /// limits and over-limit verdict apply (embedded defaults without it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Folder of rule packs (default: the configuration's, else `rules`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
         /// One JSON object per message.
         #[arg(long)]
         json: bool,
@@ -251,8 +255,26 @@ fn main() -> ExitCode {
             };
             queue_command(config.as_ref(), json, action, true)
         }
-        Command::Scan { rules, json, paths } => {
-            let config = moat_filter::FilterConfig::default();
+        Command::Scan {
+            config,
+            rules,
+            json,
+            paths,
+        } => {
+            let filter = match config {
+                Some(path) => match load(Some(&path)) {
+                    Ok(rt) => rt.filter,
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            let (rules, config) = match filter {
+                Some(f) => (rules.unwrap_or(f.rules_dir), f.config),
+                None => (
+                    rules.unwrap_or_else(|| PathBuf::from("rules")),
+                    moat_filter::FilterConfig::default(),
+                ),
+            };
             let options = moat_rules::CompileOptions::default();
             match moat_filter::cli::scan_paths(&rules, &paths, &options, &config) {
                 Ok(reports) => {

@@ -197,6 +197,61 @@ fn verdicts_over_smtp_and_quarantine_administration() {
 }
 
 #[test]
+fn long_parts_are_scanned_up_to_the_configured_size() {
+    let holder = tempfile::tempdir().unwrap().keep();
+    let dir = rules_dir(&holder, &pack("1", ""));
+    let node = Node::start_with(Options {
+        top: String::new(),
+        relay: String::new(),
+        mx_extra: String::new(),
+        mx_limits: String::new(),
+        filter: format!(
+            "[filter]\nenabled = true\nrules_dir = \"{}\"\nmax_text_scan_bytes = 2000\n",
+            dir.display()
+        ),
+    });
+    // 5,200 bytes of filler in lines of 52.
+    let filler = format!("{}\r\n", "word ".repeat(10)).repeat(100);
+    // The reject phrase past the scan limit is not seen: accepted, and the cut counted.
+    let late = format!("{filler}please reject this body");
+    let r = transaction(&node, "plain", &late);
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    // Within the limit it is.
+    let r = transaction(&node, "x", &format!("please reject this body\r\n{filler}"));
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let s = node.scrape();
+    assert_eq!(sample(&s, "moat_filter_truncated_parts_total", &[]), 2.0);
+
+    // `moat scan` with the node's configuration applies the same limit; on the embedded
+    // defaults (50,000 bytes) it sees the phrase.
+    let msg = holder.join("late.eml");
+    std::fs::write(
+        &msg,
+        format!("From: <a@sender.test>\r\nSubject: plain\r\n\r\n{late}\r\n"),
+    )
+    .unwrap();
+    let config = node.config();
+    let scan = |args: &[&str]| {
+        let mut all = vec!["scan"];
+        all.extend_from_slice(args);
+        all.push(msg.to_str().unwrap());
+        run_tool(env!("CARGO_BIN_EXE_moat"), &all).unwrap()
+    };
+    let (ok, out) = scan(&["--config", config.to_str().unwrap()]);
+    assert!(
+        ok && out.contains(": continue") && out.contains("truncated=1"),
+        "{out}"
+    );
+    assert!(!out.contains("REJECT_ME"), "{out}");
+    let (ok, out) = scan(&["--rules", dir.to_str().unwrap()]);
+    assert!(
+        ok && out.contains(": reject") && out.contains("REJECT_ME"),
+        "{out}"
+    );
+    assert!(!out.contains("truncated"), "{out}");
+}
+
+#[test]
 fn packs_swap_under_load_without_a_failed_transaction() {
     if !have_tool("smtp-source", "postfix") {
         return;
