@@ -37,6 +37,21 @@ impl Running {
     }
 }
 
+/// What every test starts from: a folder (removed when dropped), a registry and the queue
+/// spooling into the folder.
+fn rig() -> (tempfile::TempDir, Registry, Queue) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new();
+    let queue = open_queue(dir.path(), &registry);
+    (dir, registry, queue)
+}
+
+/// Stops the relay, then closes the queue it delivered from.
+async fn stop(relay: Running, queue: &Queue) {
+    relay.stop().await;
+    queue.close().await;
+}
+
 fn body(n: usize) -> Vec<u8> {
     format!("Subject: test {n}\r\nMessage-ID: <{n}@test>\r\n\r\nline one\r\n.starts with a dot\r\n")
         .into_bytes()
@@ -44,9 +59,7 @@ fn body(n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_recipient_results_and_exactly_one_dsn() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions {
         pipelining: true,
         ..SinkOptions::default()
@@ -114,15 +127,12 @@ async fn per_recipient_results_and_exactly_one_dsn() {
         "bob and the DSN"
     );
     assert_eq!(metric(&registry, "moat_queue_dsn_total", &[]), 1.0);
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_of_a_null_sender_message_makes_no_dsn() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions::default()).await;
     let relay = start(
         &queue,
@@ -139,15 +149,12 @@ async fn a_bounce_of_a_null_sender_message_makes_no_dsn() {
     assert!(sink.received().is_empty());
     assert_eq!(metric(&registry, "moat_queue_dsn_total", &[]), 0.0);
     assert_eq!(metric(&registry, "moat_queue_bounces_total", &[]), 1.0);
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_message_bounces_all_its_accepted_recipients_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions {
         data_reply: Some("554 5.6.0 content rejected".into()),
         ..SinkOptions::default()
@@ -170,15 +177,12 @@ async fn a_rejected_message_bounces_all_its_accepted_recipients_once() {
     assert!(wait_for(10, || queue.stats().messages == 0).await);
     assert_eq!(metric(&registry, "moat_queue_dsn_total", &[]), 1.0);
     assert_eq!(metric(&registry, "moat_queue_bounces_total", &[]), 3.0);
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_goes_to_the_next_hop_at_once_and_opens_the_circuit() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions::default()).await;
     let mut dead = sink.hop("hub1");
     dead.port = dead_port();
@@ -227,15 +231,12 @@ async fn failover_goes_to_the_next_hop_at_once_and_opens_the_circuit() {
         relay.relay.hop_status(),
         vec![("hub1".to_string(), true), ("hub2".to_string(), false)]
     );
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_wait_while_the_only_hub_is_down_and_go_when_it_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let port = dead_port();
     let mut hop = Sink::start(SinkOptions::default()).await.hop("hub1");
     hop.port = port;
@@ -259,15 +260,12 @@ async fn messages_wait_while_the_only_hub_is_down_and_go_when_it_returns() {
         metric(&registry, "moat_relay_hop_circuit_open", &[("hop", "hub1")]),
         0.0
     );
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balance_spreads_messages_across_hops() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let a = Sink::start(SinkOptions::default()).await;
     let b = Sink::start(SinkOptions::default()).await;
     let mut config = test_config(dir.path(), vec![a.hop("a"), b.hop("b")]);
@@ -282,15 +280,12 @@ async fn balance_spreads_messages_across_hops() {
     assert!(wait_for(10, || a.received().len() + b.received().len() == 20).await);
     assert_eq!(a.received().len(), 10);
     assert_eq!(b.received().len(), 10);
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_and_limited_per_hop() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions {
         pipelining: false,
         ..SinkOptions::default()
@@ -335,8 +330,7 @@ async fn connections_are_reused_and_limited_per_hop() {
             &[("hop", "hub1")]
         ) >= 58.0
     );
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 fn cert() -> (Vec<u8>, Vec<u8>, String) {
@@ -403,16 +397,13 @@ async fn starttls_opportunistic_and_required() {
             assert!(wait_for(10, || queue.stats().deferred == 1).await, "{case}");
             assert_eq!(sink.received().len(), before, "{case}");
         }
-        relay.stop().await;
-        queue.close().await;
+        stop(relay, &queue).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_hops_messages_land_in_the_local_maildir() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let relay = start(&queue, test_config(dir.path(), Vec::new()), &registry);
     queue
         .enqueue(
@@ -445,8 +436,7 @@ async fn without_hops_messages_land_in_the_local_maildir() {
         ),
         2.0
     );
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[test]
@@ -548,8 +538,7 @@ async fn delivers_to_postfix_smtp_sink() {
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
         .collect();
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
     // Stop the sink we started, by its pid.
     let _ = child.kill();
     let _ = child.wait();
@@ -571,9 +560,7 @@ async fn delivers_to_postfix_smtp_sink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_that_would_inject_commands_are_bounced_not_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions::default()).await;
     let relay = start(
         &queue,
@@ -605,15 +592,12 @@ async fn addresses_that_would_inject_commands_are_bounced_not_sent() {
     let text = String::from_utf8_lossy(&dsn.data);
     assert!(text.contains("Status: 5.1.3"), "{text}");
     assert!(queue.show(&id).is_err());
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtputf8_mail_is_not_sent_to_a_hop_without_smtputf8() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions::default()).await;
     let relay = start(
         &queue,
@@ -629,15 +613,12 @@ async fn smtputf8_mail_is_not_sent_to_a_hop_without_smtputf8() {
     let dsn = &sink.received()[0];
     assert!(dsn.mail_from.is_empty());
     assert!(String::from_utf8_lossy(&dsn.data).contains("Status: 5.6.7"));
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closed_by_the_hub_is_replaced_without_blame() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::new();
-    let queue = open_queue(dir.path(), &registry);
+    let (dir, registry, queue) = rig();
     let sink = Sink::start(SinkOptions {
         close_after_data: true,
         ..SinkOptions::default()
@@ -665,6 +646,5 @@ async fn a_pooled_connection_closed_by_the_hub_is_replaced_without_blame() {
         0.0
     );
     assert_eq!(sink.connections.load(Ordering::SeqCst), 5);
-    relay.stop().await;
-    queue.close().await;
+    stop(relay, &queue).await;
 }
