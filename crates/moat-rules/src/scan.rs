@@ -362,8 +362,6 @@ fn search_anchored(
 }
 
 impl TargetMatcher {
-    /// The reference for the fast path: literals through the automaton, but every regex of
-    /// the target run over the whole value, with no factor, window or set.
     /// Runs the literal search over `value`: records the rule literals found, and hands
     /// each factor occurrence to `factor` (clause, bit, start, end).
     fn search_literals(
@@ -393,6 +391,8 @@ impl TargetMatcher {
         s.occurrences = occurrences;
     }
 
+    /// The reference for the fast path: literals through the automaton, but every regex of
+    /// the target run over the whole value, with no factor, window or set.
     fn scan_value_reference(&self, mi: usize, value: &[u8], s: &mut Scratch) {
         self.search_literals(mi, value, s, |_, _, _, _, _| {});
         let set_members = self.sets.iter().flat_map(|(_, members)| members);

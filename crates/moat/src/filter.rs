@@ -121,15 +121,15 @@ impl FilterMetrics {
             Opts::new("moat_filter_verdicts_total", "Content filter decisions"),
             &["action"],
         )?;
+        let truncated = IntCounter::new(
+            "moat_filter_truncated_parts_total",
+            "Message parts the rules saw only up to a scan size limit",
+        )?;
         registry.register(Box::new(active.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(compile_seconds.clone()))?;
         registry.register(Box::new(hits.clone()))?;
         registry.register(Box::new(scan_seconds.clone()))?;
-        let truncated = IntCounter::new(
-            "moat_filter_truncated_parts_total",
-            "Message parts the rules saw only up to a scan size limit",
-        )?;
         registry.register(Box::new(verdicts.clone()))?;
         registry.register(Box::new(truncated.clone()))?;
         for trigger in ["watcher", "sighup", "admin", "startup"] {

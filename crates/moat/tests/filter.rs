@@ -63,6 +63,11 @@ fn rules_dir(node_dir: &Path, text: &str) -> std::path::PathBuf {
 }
 
 fn start(rules_text: &str) -> (Node, std::path::PathBuf) {
+    start_with_filter(rules_text, "")
+}
+
+/// A node whose `[filter]` section also holds `extra` (lines of keys); its rules folder.
+fn start_with_filter(rules_text: &str, extra: &str) -> (Node, std::path::PathBuf) {
     // The rules folder must exist before the node starts: create it in a folder of its own.
     let holder = tempfile::tempdir().unwrap().keep();
     let dir = rules_dir(&holder, rules_text);
@@ -72,7 +77,7 @@ fn start(rules_text: &str) -> (Node, std::path::PathBuf) {
         mx_extra: String::new(),
         mx_limits: String::new(),
         filter: format!(
-            "[filter]\nenabled = true\nrules_dir = \"{}\"\ndebounce = \"200ms\"\n",
+            "[filter]\nenabled = true\nrules_dir = \"{}\"\ndebounce = \"200ms\"\n{extra}",
             dir.display()
         ),
     });
@@ -198,18 +203,7 @@ fn verdicts_over_smtp_and_quarantine_administration() {
 
 #[test]
 fn long_parts_are_scanned_up_to_the_configured_size() {
-    let holder = tempfile::tempdir().unwrap().keep();
-    let dir = rules_dir(&holder, &pack("1", ""));
-    let node = Node::start_with(Options {
-        top: String::new(),
-        relay: String::new(),
-        mx_extra: String::new(),
-        mx_limits: String::new(),
-        filter: format!(
-            "[filter]\nenabled = true\nrules_dir = \"{}\"\nmax_text_scan_bytes = 2000\n",
-            dir.display()
-        ),
-    });
+    let (node, dir) = start_with_filter(&pack("1", ""), "max_text_scan_bytes = 2000\n");
     // 5,200 bytes of filler in lines of 52.
     let filler = format!("{}\r\n", "word ".repeat(10)).repeat(100);
     // The reject phrase past the scan limit is not seen: accepted, and the cut counted.
@@ -224,7 +218,8 @@ fn long_parts_are_scanned_up_to_the_configured_size() {
 
     // `moat scan` with the node's configuration applies the same limit; on the embedded
     // defaults (50,000 bytes) it sees the phrase.
-    let msg = holder.join("late.eml");
+    // Beside the rules folder, not in it.
+    let msg = dir.parent().unwrap().join("late.eml");
     std::fs::write(
         &msg,
         format!("From: <a@sender.test>\r\nSubject: plain\r\n\r\n{late}\r\n"),
