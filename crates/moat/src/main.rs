@@ -1,7 +1,7 @@
 //! `moat`: run an SMTP edge hygiene node, check its configuration, and tools around it.
 
 use std::io::{BufRead, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -261,13 +261,22 @@ fn main() -> ExitCode {
             json,
             paths,
         } => {
-            let filter = match config {
-                Some(path) => match load(Some(&path)) {
+            let filter = match &config {
+                Some(path) => match load(Some(path)) {
                     Ok(rt) => rt.filter,
                     Err(code) => return code,
                 },
                 None => None,
             };
+            if let (Some(path), None) = (&config, &filter) {
+                // The node would not scan at all: say what this scan runs on instead.
+                eprintln!(
+                    "moat: the content filter is off in {} ([filter] enabled = false, or no \
+                     rules folder); scanning with the embedded filter defaults and {}",
+                    path.display(),
+                    rules.as_deref().unwrap_or(Path::new("rules")).display()
+                );
+            }
             let (rules, config) = match filter {
                 Some(f) => (rules.unwrap_or(f.rules_dir), f.config),
                 None => (

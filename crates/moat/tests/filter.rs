@@ -244,6 +244,23 @@ fn long_parts_are_scanned_up_to_the_configured_size() {
         "{out}"
     );
     assert!(!out.contains("truncated"), "{out}");
+
+    // With the filter off in the configuration, the scan says what it runs on instead.
+    let off = dir.parent().unwrap().join("off.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("enabled = true"), "{text}");
+    std::fs::write(&off, text.replacen("enabled = true", "enabled = false", 1)).unwrap();
+    let (ok, out) = scan(&[
+        "--config",
+        off.to_str().unwrap(),
+        "--rules",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("REJECT_ME"), "{out}");
+    assert!(
+        out.contains("the content filter is off in") && out.contains("embedded filter defaults"),
+        "{out}"
+    );
 }
 
 #[test]
