@@ -923,28 +923,45 @@ fn set_groups(rules: &[RegexRule], opts: &CompileOptions) -> Vec<Vec<usize>> {
     order.sort_unstable();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for kind in order.chunk_by(|a, b| a.0 == b.0) {
-        let mut current: Vec<usize> = Vec::new();
-        for &(_, _, i) in kind {
-            if !current.is_empty() {
-                let fits = current.len() < MAX_SET_MEMBERS && {
-                    let pats: Vec<&str> = current
-                        .iter()
-                        .chain([&i])
-                        .map(|&j| &*rules[j].pattern)
-                        .collect();
-                    set_memory(&pats, opts).is_some_and(|m| m <= opts.regex_set_budget)
-                };
-                if !fits {
-                    groups.push(std::mem::take(&mut current));
-                }
-            }
-            current.push(i);
-        }
-        if !current.is_empty() {
-            groups.push(current);
+        let ids: Vec<usize> = kind.iter().map(|k| k.2).collect();
+        let mut rest = &ids[..];
+        while !rest.is_empty() {
+            let n = longest_fitting(rest.len().min(MAX_SET_MEMBERS), |k| {
+                let pats: Vec<&str> = rest[..k].iter().map(|&j| &*rules[j].pattern).collect();
+                set_memory(&pats, opts).is_some_and(|m| m <= opts.regex_set_budget)
+            });
+            groups.push(rest[..n].to_vec());
+            rest = &rest[n..];
         }
     }
     groups
+}
+
+/// The longest length in `1..=max` for which `fits` holds, when it holds up to some length
+/// and not beyond (a set's DFA grows with its members); 1 always fits. Doubling, then
+/// halving the gap, costs about 2·log2(max) calls of `fits` where trying each length in
+/// turn costs `max`, and each call builds a set of that many members.
+fn longest_fitting(max: usize, fits: impl Fn(usize) -> bool) -> usize {
+    // `lo` fits; `hi` does not (`max + 1`: nothing beyond `max` is tried).
+    let (mut lo, mut hi) = (1, max + 1);
+    while lo < max {
+        let k = (lo * 2).min(max);
+        if fits(k) {
+            lo = k;
+        } else {
+            hi = k;
+            break;
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 fn one_line(s: &str) -> String {
@@ -1148,5 +1165,29 @@ pub(crate) fn run_tests(
         Ok(rules.tests.len())
     } else {
         Err(Error::refused(Step::Test, problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The search finds the length that trying each length in turn finds, with fewer
+        /// trials once sets grow past a few members.
+        #[test]
+        fn longest_fitting_equals_the_linear_search(max in 1usize..200, limit in 1usize..250) {
+            let tried = std::cell::Cell::new(0usize);
+            let found = longest_fitting(max, |k| {
+                tried.set(tried.get() + 1);
+                assert!((2..=max).contains(&k), "{k} tried, max {max}");
+                k <= limit
+            });
+            let linear = (1..=max).take_while(|&k| k <= limit).last().unwrap_or(1);
+            prop_assert_eq!(found, linear);
+            let bound = 2 * (usize::BITS - max.leading_zeros()) as usize;
+            prop_assert!(tried.get() <= bound, "{} trials for max {}", tried.get(), max);
+        }
     }
 }
