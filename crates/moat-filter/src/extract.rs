@@ -26,8 +26,8 @@ pub struct Limits {
     /// not refused: it is scanned up to there ([`Extracted::truncated_parts`] counts it).
     /// SpamAssassin's `body_part_scan_size` plays the same part, with the same default.
     pub max_text_scan_bytes: usize,
-    /// Most bytes of each HTML part's markup (`html-raw`) and of the undecoded body
-    /// (`raw-body`) that rules see (0: no limit); SpamAssassin's
+    /// Most bytes of each HTML part's markup (`html-raw`), of the undecoded body
+    /// (`raw-body`) and of the header block as received (`raw-header-block`) that rules see (0: no limit); SpamAssassin's
     /// `rawbody_part_scan_size`, with its default. `full` is never cut.
     pub max_raw_scan_bytes: usize,
 }
@@ -209,11 +209,27 @@ fn header_text(msg: &Message<'_>, h: &mail_parser::Header<'_>) -> String {
 pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extracted<'a> {
     let mut t = Targets::new();
     t.push(Field::Full, Cow::Borrowed(raw));
-    let raw_body = &raw[body_offset(raw)..];
+    let offset = body_offset(raw);
+    let raw_body = &raw[offset..];
     let raw_cut = cut_at(raw_body, limits.max_raw_scan_bytes);
     t.push(
         Field::RawBody,
         Cow::Borrowed(&raw_body[..raw_cut.unwrap_or(raw_body.len())]),
+    );
+    // The header block without the blank line that ends it.
+    let head = &raw[..offset];
+    let end = if head.ends_with(b"\r\n\r\n") {
+        offset - 2
+    } else if head.ends_with(b"\n\n") {
+        offset - 1
+    } else {
+        offset
+    };
+    let raw_headers = &raw[..end];
+    let head_cut = cut_at(raw_headers, limits.max_raw_scan_bytes);
+    t.push(
+        Field::RawHeaderBlock,
+        Cow::Borrowed(&raw_headers[..head_cut.unwrap_or(raw_headers.len())]),
     );
     t.push_str(Field::MailFrom, env.mail_from.clone());
     for r in &env.rcpt_to {
@@ -232,7 +248,7 @@ pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extra
         depth: 0,
         decoded_bytes: 0,
         parser_failed: false,
-        truncated_parts: usize::from(raw_cut.is_some()),
+        truncated_parts: usize::from(raw_cut.is_some()) + usize::from(head_cut.is_some()),
     };
     // Refuse to build a parse tree for a part bomb at all.
     if count_content_types(raw) > limits.max_parts {

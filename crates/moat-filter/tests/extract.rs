@@ -296,3 +296,43 @@ fn a_cut_without_white_space_keeps_characters_whole() {
         assert_eq!(ex.truncated_parts, 1);
     }
 }
+
+#[test]
+fn header_blocks_hold_every_header_in_order() {
+    let raw = b"Received: from a\r\n\tby b\r\nFrom: A <a@x.test>\r\n\
+        Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: B <b@x.test>\r\n\r\nbody\r\n";
+    let ex = extract(raw, &EnvelopeFacts::default(), &Limits::default());
+    // Decoded and unfolded, one header per line, each line ended.
+    assert_eq!(
+        values(&ex, &Target::Field(Field::HeaderBlock)),
+        ["Received: from a by b\nFrom: A <a@x.test>\nSubject: café\nFrom: B <b@x.test>\n"]
+    );
+    // As received, without the blank line.
+    let raw_block = "Received: from a\r\n\tby b\r\nFrom: A <a@x.test>\r\n\
+        Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: B <b@x.test>\r\n";
+    assert_eq!(
+        values(&ex, &Target::Field(Field::RawHeaderBlock)),
+        [raw_block]
+    );
+    // Bare line feeds, and a message that is all header.
+    for (raw, block) in [
+        (&b"From: a\nTo: b\n\nbody\n"[..], "From: a\nTo: b\n"),
+        (b"From: a\r\nTo: b\r\n", "From: a\r\nTo: b\r\n"),
+    ] {
+        let ex = extract(raw, &EnvelopeFacts::default(), &Limits::default());
+        assert_eq!(values(&ex, &Target::Field(Field::RawHeaderBlock)), [block]);
+        assert_eq!(
+            values(&ex, &Target::Field(Field::HeaderBlock)),
+            ["From: a\nTo: b\n"]
+        );
+    }
+    // The raw block is cut like the raw body.
+    let limits = Limits {
+        max_raw_scan_bytes: 40,
+        ..Limits::default()
+    };
+    let ex = extract(raw, &EnvelopeFacts::default(), &limits);
+    let cut = values(&ex, &Target::Field(Field::RawHeaderBlock)).concat();
+    assert!(cut.len() <= 40 && raw_block.starts_with(&cut), "{cut:?}");
+    assert_eq!(ex.truncated_parts, 1);
+}

@@ -188,11 +188,12 @@ pub(crate) fn perl_to_rust(
         }
     }
     let mut out = String::with_capacity(pattern.len() + 16);
-    out.push_str("(?-u");
+    // Perl's flags switched on, then Unicode off: a flag after `-` would be switched off.
+    out.push_str("(?");
     for f in flags.chars().filter(|c| matches!(c, 'm' | 's' | 'x')) {
         out.push(f);
     }
-    out.push(')');
+    out.push_str("-u)");
     let chars: Vec<char> = pattern.chars().collect();
     let mut i = 0;
     while i < chars.len() {
@@ -280,9 +281,14 @@ fn header_targets(spec: &str) -> Result<Vec<String>, String> {
     let (name, modifier) = spec.split_once(':').unwrap_or((spec, ""));
     let plain = |n: &str| format!("header:{n}");
     Ok(match (name, modifier) {
-        ("ALL" | "ALL-EXTERNAL" | "ALL-TRUSTED" | "ALL-UNTRUSTED" | "ALL-INTERNAL", "") => {
-            vec!["header".into()]
-        }
+        // SpamAssassin's `ALL` is the whole header block as one string (`\nFrom:.*\nFrom:`
+        // finds a repeated header). Moat does not tell trusted relays from untrusted ones,
+        // so the `ALL-*` subsets read every header.
+        ("ALL" | "ALL-EXTERNAL" | "ALL-TRUSTED" | "ALL-UNTRUSTED" | "ALL-INTERNAL", m) => match m {
+            "" => vec!["header-block".into()],
+            "raw" => vec!["raw-header-block".into()],
+            _ => return Err(format!("header {spec:?} has no Moat target")),
+        },
         ("ToCc", m) if m.is_empty() || m == "raw" => vec![plain("To"), plain("Cc")],
         ("EnvelopeFrom", _) => vec!["mail-from".into()],
         ("MESSAGEID", _) => vec![plain("Message-ID"), plain("Resent-Message-ID")],
@@ -706,7 +712,7 @@ mod tests {
         let ok: &[(&str, &str, &str)] = &[
             ("foo", "", "(?-u)foo"),
             ("foo", "i", "(?-u)foo"),
-            ("^a.b$", "ms", "(?-ums)^a.b$"),
+            ("^a.b$", "ms", "(?ms-u)^a.b$"),
             (r"a\Z", "", r"(?-u)a(?:\n?\z)"),
             (r"a\hb", "", r"(?-u)a[\t ]b"),
             (r"\/x\@y", "", r"(?-u)\/x\@y"),
@@ -777,6 +783,8 @@ tflags   NICE_LIST     nice
 body     __LOWER_X     /x/
 tflags   __LOWER_X     multiple maxhits=3
 meta     MANY_X        __LOWER_X > 2
+header   __DUP_FROM    ALL =~ /\nFrom:.*?\nFrom:/is
+header   __MISSPACED   ALL:raw =~ /^Subject:\S/ism
 "#;
 
     #[test]
@@ -813,12 +821,26 @@ meta     MANY_X        __LOWER_X > 2
             "{listed}"
         );
         assert_eq!(listed.lines().count(), want_skipped.len());
-        assert_eq!(r.converted, 14);
+        assert_eq!(r.converted, 16);
+        // `ALL` is the header block, `ALL:raw` the block as received.
+        assert!(
+            r.pack
+                .contains("id = \"__DUP_FROM\"\ndescription = \"\"\ntarget = [\"header-block\"]"),
+            "{}",
+            r.pack
+        );
+        assert!(
+            r.pack.contains(
+                "id = \"__MISSPACED\"\ndescription = \"\"\ntarget = [\"raw-header-block\"]"
+            ),
+            "{}",
+            r.pack
+        );
         // `nice` rules without a score count against spam; body rules see line anchors.
-        assert!(r.pack.contains("id = \"NICE_LIST\"\ndescription = \"\"\ntarget = [\"body\"]\nregex = \"(?-um)^List-Owner\"\nmax_hits = 1\ncase_sensitive = true\nscore = -1.0"), "{}", r.pack);
+        assert!(r.pack.contains("id = \"NICE_LIST\"\ndescription = \"\"\ntarget = [\"body\"]\nregex = \"(?m-u)^List-Owner\"\nmax_hits = 1\ncase_sensitive = true\nscore = -1.0"), "{}", r.pack);
         // A rule counts once unless its tflags say `multiple`.
         assert!(
-            r.pack.contains("regex = \"(?-um)x\"\nmax_hits = 3\n"),
+            r.pack.contains("regex = \"(?m-u)x\"\nmax_hits = 3\n"),
             "{}",
             r.pack
         );
@@ -841,7 +863,13 @@ meta     MANY_X        __LOWER_X > 2
         );
         t.push_header("Subject", "Urgent");
         t.push_str(crate::Field::Subject, "Urgent");
+        t.push_header("From", "a@example.org");
         t.push_header("User-Agent", "Mutt");
+        t.push_header("From", "b@example.org");
+        t.push(
+            crate::Field::RawHeaderBlock,
+            &b"From: a@example.org\r\nSubject:Urgent\r\n"[..],
+        );
         t.push_str(crate::Field::Url, "http://10.1.2.3/x");
         let res = rules.scan(&t);
         let hits: Vec<&str> = res.packs[0].hits.iter().map(|h| h.rule.as_str()).collect();
@@ -853,12 +881,24 @@ meta     MANY_X        __LOWER_X > 2
             "COMBO",
             "HASH_ESC",
             "__NO_UA_POSITIVE",
+            "__DUP_FROM",
+            "__MISSPACED",
         ] {
             assert!(hits.contains(&want), "{want} not in {hits:?}");
         }
         assert!(!hits.contains(&"__NO_UA"), "{hits:?}");
         // Score set 0 is used: 2.5 (LOTTO_WIN) + 1 (SUBJ_URGENT) + 1 (URI_IP) + 1 (COMBO) + 1 (HASH_ESC).
         assert_eq!(res.packs[0].score, 6.5);
+
+        // Line anchors of body rules hold at every line start, as at SpamAssassin's
+        // paragraph starts.
+        let mut t = crate::Targets::new();
+        t.push_str(crate::Field::Body, "hello\nList-Owner: x");
+        let res = rules.scan(&t);
+        assert!(
+            res.packs[0].hits.iter().any(|h| h.rule == "NICE_LIST"),
+            "{res:?}"
+        );
 
         // Counting stops at max_hits: once for ordinary rules, three times for __LOWER_X.
         let mut t = crate::Targets::new();

@@ -630,6 +630,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         let (mut ac_hits, mut consumer_visits) = (0u64, 0u64);
         let mut per_pattern = vec![0u64; m.consumers.len()];
         let mut wasted: Vec<u64> = vec![0; m.factored.len()];
+        let mut spent: Vec<Duration> = vec![Duration::ZERO; m.factored.len()];
         let mut stamp = vec![0u64; m.clauses.len()];
         let mut mask = vec![0u8; m.clauses.len()];
         let mut queued = vec![0u64; m.factored.len()];
@@ -666,11 +667,13 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 let s = Instant::now();
                 for i in cands {
                     runs += 1;
+                    let one = Instant::now();
                     if m.factored[i].re.is_match(value) {
                         matches += 1;
                     } else {
                         wasted[i] += 1;
                     }
+                    spent[i] += one.elapsed();
                 }
                 t_re += s.elapsed();
                 let s = Instant::now();
@@ -773,6 +776,17 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
             let _ = writeln!(
                 out,
                 "    {d:>10.3?} alone: {} {}",
+                rules.rules[r.rule].id, r.pattern
+            );
+        }
+        // The candidate regexes that cost most, each run over its whole value.
+        let mut costly: Vec<(Duration, usize)> = spent.iter().copied().zip(0..).collect();
+        costly.sort_unstable_by(|a, b| b.cmp(a));
+        for (d, i) in costly.into_iter().take(5).filter(|(d, _)| !d.is_zero()) {
+            let r = &m.factored[i];
+            let _ = writeln!(
+                out,
+                "    {d:>10.3?} in runs: {} {}",
                 rules.rules[r.rule].id, r.pattern
             );
         }

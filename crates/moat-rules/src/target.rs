@@ -13,6 +13,12 @@ pub enum Field {
     FromName,
     /// Address of the first `From:` mailbox.
     FromAddress,
+    /// Every top-level header as `Name: decoded value` and a line feed, in message order,
+    /// as one value (SpamAssassin's `ALL`): for rules about header order and repetition.
+    HeaderBlock,
+    /// The top-level header block as received, folding and line ends kept, without the
+    /// blank line that ends it (SpamAssassin's `ALL:raw`).
+    RawHeaderBlock,
     /// All decoded text: text parts, and HTML parts rendered as text.
     Body,
     /// Decoded `text/plain` (and other non-HTML text) parts only.
@@ -45,10 +51,12 @@ pub enum Field {
 
 impl Field {
     /// Every field, in index order.
-    pub const ALL: [Field; 17] = [
+    pub const ALL: [Field; 19] = [
         Field::Subject,
         Field::FromName,
         Field::FromAddress,
+        Field::HeaderBlock,
+        Field::RawHeaderBlock,
         Field::Body,
         Field::Text,
         Field::HtmlText,
@@ -71,6 +79,8 @@ impl Field {
             Field::Subject => "subject",
             Field::FromName => "from-name",
             Field::FromAddress => "from-address",
+            Field::HeaderBlock => "header-block",
+            Field::RawHeaderBlock => "raw-header-block",
             Field::Body => "body",
             Field::Text => "text",
             Field::HtmlText => "html-text",
@@ -148,13 +158,21 @@ impl<'a> Targets<'a> {
         Self::default()
     }
 
-    /// Adds a top-level header with its decoded value.
+    /// Adds a top-level header with its decoded value (to the `header`, `header:NAME` and
+    /// `header-block` targets).
     pub fn push_header(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
         let (name, value) = (name.into(), value.into());
         let mut line = Vec::with_capacity(name.len() + value.len() + 2);
         line.extend_from_slice(name.as_bytes());
         line.extend_from_slice(b": ");
         line.extend_from_slice(value.as_bytes());
+        let block = &mut self.fields[Field::HeaderBlock.index()];
+        if block.is_empty() {
+            block.push(Cow::Owned(Vec::new()));
+        }
+        let block = block[0].to_mut();
+        block.extend_from_slice(&line);
+        block.push(b'\n');
         self.header_lines.push(line);
         self.headers.push((name, value));
     }
@@ -196,10 +214,15 @@ impl<'a> Targets<'a> {
         }
     }
 
-    /// Total bytes over all values (headers counted once, as lines).
+    /// Total bytes over all values (headers counted once, as lines: the header block
+    /// repeats them).
     pub fn total_len(&self) -> usize {
-        self.header_lines.iter().map(Vec::len).sum::<usize>()
-            + self.fields.iter().flatten().map(|v| v.len()).sum::<usize>()
+        let fields = Field::ALL
+            .iter()
+            .filter(|&&f| f != Field::HeaderBlock)
+            .flat_map(|&f| self.field(f))
+            .map(|v| v.len());
+        self.header_lines.iter().map(Vec::len).sum::<usize>() + fields.sum::<usize>()
     }
 }
 
@@ -251,5 +274,13 @@ mod tests {
             ["a@example.org", "b@example.org"]
         );
         assert!(collect(&Target::Field(Field::Helo)).is_empty());
+        // The header block is one value, each header on a line of its own.
+        assert_eq!(
+            collect(&Target::Field(Field::HeaderBlock)),
+            ["Subject: hello\nX-Mailer: mass\nx-mailer: second\n"]
+        );
+        assert!(Targets::new().field(Field::HeaderBlock).is_empty());
+        // Headers count once in the total.
+        assert_eq!(t.total_len(), 14 + 14 + 16 + 2 * 13);
     }
 }
