@@ -27,8 +27,9 @@ pub struct Limits {
     /// SpamAssassin's `body_part_scan_size` plays the same part, with the same default.
     pub max_text_scan_bytes: usize,
     /// Most bytes of each HTML part's markup (`html-raw`), of the undecoded body
-    /// (`raw-body`) and of the header block as received (`raw-header-block`) that rules see (0: no limit); SpamAssassin's
-    /// `rawbody_part_scan_size`, with its default. `full` is never cut.
+    /// (`raw-body`) and of the header block as received (`raw-header-block`) that rules
+    /// see (0: no limit); SpamAssassin's `rawbody_part_scan_size`, with its default.
+    /// `full` is never cut.
     pub max_raw_scan_bytes: usize,
 }
 
