@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// A message or envelope field with no parameter. See `rules/README.md` for each one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,7 +149,9 @@ impl fmt::Display for Target {
 #[derive(Debug, Clone, Default)]
 pub struct Targets<'a> {
     headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    header_lines: Vec<Vec<u8>>,
+    /// Where each header's `Name: value` line lies in the header block (the `header`
+    /// target's values).
+    header_lines: Vec<Range<usize>>,
     fields: [Vec<Cow<'a, [u8]>>; Field::ALL.len()],
 }
 
@@ -162,18 +165,17 @@ impl<'a> Targets<'a> {
     /// `header-block` targets).
     pub fn push_header(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
         let (name, value) = (name.into(), value.into());
-        let mut line = Vec::with_capacity(name.len() + value.len() + 2);
-        line.extend_from_slice(name.as_bytes());
-        line.extend_from_slice(b": ");
-        line.extend_from_slice(value.as_bytes());
         let block = &mut self.fields[Field::HeaderBlock.index()];
         if block.is_empty() {
             block.push(Cow::Owned(Vec::new()));
         }
         let block = block[0].to_mut();
-        block.extend_from_slice(&line);
+        let start = block.len();
+        block.extend_from_slice(name.as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        self.header_lines.push(start..block.len());
         block.push(b'\n');
-        self.header_lines.push(line);
         self.headers.push((name, value));
     }
 
@@ -204,7 +206,11 @@ impl<'a> Targets<'a> {
     /// Calls `f` with every value of `target`.
     pub fn for_each_value(&self, target: &Target, mut f: impl FnMut(&[u8])) {
         match target {
-            Target::AllHeaders => self.header_lines.iter().for_each(|v| f(v)),
+            Target::AllHeaders => {
+                if let Some(block) = self.field(Field::HeaderBlock).first() {
+                    self.header_lines.iter().for_each(|r| f(&block[r.clone()]));
+                }
+            }
             Target::Header(name) => self
                 .headers
                 .iter()
@@ -214,15 +220,19 @@ impl<'a> Targets<'a> {
         }
     }
 
-    /// Total bytes over all values (headers counted once, as lines: the header block
-    /// repeats them).
+    /// Total bytes over all values (headers counted once, as lines, not again as the
+    /// header block).
     pub fn total_len(&self) -> usize {
         let fields = Field::ALL
             .iter()
             .filter(|&&f| f != Field::HeaderBlock)
             .flat_map(|&f| self.field(f))
             .map(|v| v.len());
-        self.header_lines.iter().map(Vec::len).sum::<usize>() + fields.sum::<usize>()
+        self.header_lines
+            .iter()
+            .map(ExactSizeIterator::len)
+            .sum::<usize>()
+            + fields.sum::<usize>()
     }
 }
 
