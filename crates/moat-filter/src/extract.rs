@@ -170,13 +170,14 @@ fn count_content_types(raw: &[u8]) -> usize {
         .count()
 }
 
-/// Offset of the first byte after the top-level header block.
-fn body_offset(raw: &[u8]) -> usize {
-    let crlf = memchr::memmem::find(raw, b"\r\n\r\n").map(|p| p + 4);
-    let lf = memchr::memmem::find(raw, b"\n\n").map(|p| p + 2);
+/// Where the top-level header block ends (after its last line end, before the blank line)
+/// and where the body starts (after the blank line); both the end of `raw` without one.
+fn split_header(raw: &[u8]) -> (usize, usize) {
+    let crlf = memchr::memmem::find(raw, b"\r\n\r\n").map(|p| (p + 2, p + 4));
+    let lf = memchr::memmem::find(raw, b"\n\n").map(|p| (p + 1, p + 2));
     match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(raw.len()),
+        (Some(a), Some(b)) => std::cmp::min_by_key(a, b, |s| s.1),
+        (a, b) => a.or(b).unwrap_or((raw.len(), raw.len())),
     }
 }
 
@@ -210,23 +211,14 @@ fn header_text(msg: &Message<'_>, h: &mail_parser::Header<'_>) -> String {
 pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extracted<'a> {
     let mut t = Targets::new();
     t.push(Field::Full, Cow::Borrowed(raw));
-    let offset = body_offset(raw);
-    let raw_body = &raw[offset..];
+    let (header_end, body_start) = split_header(raw);
+    let raw_body = &raw[body_start..];
     let raw_cut = cut_at(raw_body, limits.max_raw_scan_bytes);
     t.push(
         Field::RawBody,
         Cow::Borrowed(&raw_body[..raw_cut.unwrap_or(raw_body.len())]),
     );
-    // The header block without the blank line that ends it.
-    let head = &raw[..offset];
-    let end = if head.ends_with(b"\r\n\r\n") {
-        offset - 2
-    } else if head.ends_with(b"\n\n") {
-        offset - 1
-    } else {
-        offset
-    };
-    let raw_headers = &raw[..end];
+    let raw_headers = &raw[..header_end];
     let head_cut = cut_at(raw_headers, limits.max_raw_scan_bytes);
     t.push(
         Field::RawHeaderBlock,
