@@ -1,7 +1,7 @@
 //! `moat`: run an SMTP edge hygiene node, check its configuration, and tools around it.
 
 use std::io::{BufRead, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -268,21 +268,22 @@ fn main() -> ExitCode {
                 },
                 None => None,
             };
-            if let (Some(path), None) = (&config, &filter) {
-                // The node would not scan at all: say what this scan runs on instead.
-                eprintln!(
-                    "moat: the content filter is off in {} ([filter] enabled = false, or no \
-                     rules folder); scanning with the embedded filter defaults and {}",
-                    path.display(),
-                    rules.as_deref().unwrap_or(Path::new("rules")).display()
-                );
-            }
             let (rules, config) = match filter {
                 Some(f) => (rules.unwrap_or(f.rules_dir), f.config),
-                None => (
-                    rules.unwrap_or_else(|| PathBuf::from("rules")),
-                    moat_filter::FilterConfig::default(),
-                ),
+                None => {
+                    let rules = rules.unwrap_or_else(|| PathBuf::from("rules"));
+                    if let Some(path) = &config {
+                        // The node would not scan at all: say what this scan runs on.
+                        eprintln!(
+                            "moat: the content filter is off in {} ([filter] enabled = false, \
+                             or no rules folder); scanning with the embedded filter defaults \
+                             and {}",
+                            path.display(),
+                            rules.display()
+                        );
+                    }
+                    (rules, moat_filter::FilterConfig::default())
+                }
             };
             let options = moat_rules::CompileOptions::default();
             match moat_filter::cli::scan_paths(&rules, &paths, &options, &config) {
