@@ -7,7 +7,8 @@
 //! factors are chosen by how often they are expected in mail. A regex runs only on values
 //! where its factors were found, and there only anchored at the literals its matches start
 //! with or in the windows around the factor's occurrences that a match can reach. Regexes
-//! without a usable factor run around a rare byte every match contains, or, without one,
+//! without a usable factor run around a rare byte, or a run of bytes (`\s{15}`), that
+//! every match contains, or, without one,
 //! together in multi-pattern sets, which grow while the lazy DFA of their union stays
 //! small. Meta rules combine other rules' hits.
 //! [`RuleStore`] keeps the active snapshot in an `ArcSwap` and has one reload path

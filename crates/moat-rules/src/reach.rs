@@ -97,6 +97,21 @@ impl Reach {
     }
 }
 
+impl Reach {
+    /// The window of `value` that holds every match containing at least one byte of
+    /// `start..end`, a run of bytes of the alphabet: the union of the windows around its
+    /// first and last byte (the window around any byte between lies inside that union).
+    pub(crate) fn run_window(&self, value: &[u8], start: usize, end: usize) -> Window {
+        let first = self.window(value, start, start + 1);
+        let last = self.window(value, end - 1, end);
+        Window {
+            start: first.start,
+            end: last.end,
+            closed: first.closed && last.closed,
+        }
+    }
+}
+
 /// A set of bytes every match of a regex contains at least one of, chosen to be rare in
 /// mail text: a prefilter for regexes without a literal factor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +119,9 @@ pub(crate) struct RareBytes {
     bits: [u64; 4],
     /// The bytes themselves when there are at most three (searched with `memchr`).
     few: Vec<u8>,
+    /// Length of the run of set bytes every match contains: 1 for a single byte; more for a
+    /// run such as `\s{15}` or `[^\r\n]{998}`, whose bytes need not be rare one by one.
+    run: usize,
 }
 
 /// Highest estimated frequency (per 10,000 bytes of mail text) a set may have.
@@ -116,18 +134,42 @@ fn cost(bits: &[u64; 4]) -> u32 {
         .sum()
 }
 
+/// Highest estimated frequency (per 10,000 bytes of mail text) a run may have: lower than
+/// for single bytes, because each run found costs a regex search while a regex set that
+/// the target runs anyway takes one member more at little cost.
+const MAX_RUN_COST: u32 = MAX_RARE_COST / 4;
+
+/// Estimated starts, per 10,000 bytes, of a run of `len` bytes of the set `bits`. Bytes of
+/// mail are not independent (indentation, padding, tables, hex strings), so a run is
+/// priced as if it were half as long as it is.
+fn run_cost(bits: &[u64; 4], len: usize) -> u32 {
+    let total: u32 = (0..=255u8).map(frequency).sum();
+    let p = f64::from(cost(bits)) / f64::from(total);
+    let len = i32::try_from(len.div_ceil(2)).unwrap_or(i32::MAX);
+    (10_000.0 * p.min(1.0).powi(len)).ceil() as u32
+}
+
 impl RareBytes {
-    /// The rarest byte set every match of `hir` must contain, if it is rare enough.
+    /// The rarest byte set, or run of bytes of a set, that every match of `hir` must
+    /// contain, if it is rare enough.
     pub(crate) fn of(hir: &Hir) -> Option<RareBytes> {
         let mut sets = Vec::new();
         required_sets(hir, &mut sets);
-        let (bits, c) = sets
+        let mut runs = Vec::new();
+        required_runs(hir, &mut runs);
+        let (bits, run, c) = sets
             .into_iter()
             .map(|s| {
                 let c = cost(&s);
-                (s, c)
+                (s, 1, c)
             })
-            .min_by_key(|(_, c)| *c)?;
+            .chain(
+                runs.into_iter()
+                    .filter(|&(_, len)| len >= 2)
+                    .map(|(s, len)| (s, len, run_cost(&s, len)))
+                    .filter(|&(_, _, c)| c <= MAX_RUN_COST),
+            )
+            .min_by_key(|&(_, run, c)| (c, std::cmp::Reverse(run)))?;
         if c > MAX_RARE_COST || bits == [0; 4] {
             return None;
         }
@@ -136,23 +178,145 @@ impl RareBytes {
             .collect();
         Some(RareBytes {
             bits,
-            few: if few.len() <= 3 { few } else { Vec::new() },
+            few: if few.len() <= 3 && run == 1 {
+                few
+            } else {
+                Vec::new()
+            },
+            run,
         })
     }
 
-    /// Calls `f` with the position of every byte of the set in `value`, in order.
-    pub(crate) fn for_each(&self, value: &[u8], mut f: impl FnMut(usize)) {
+    #[inline]
+    fn has(&self, b: u8) -> bool {
+        self.bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+    }
+
+    /// Length of the run every match contains (1: a single byte).
+    pub(crate) fn run(&self) -> usize {
+        self.run
+    }
+
+    /// Calls `f(start, end)` for every byte of the set in `value` (`end = start + 1`), or,
+    /// for a run, for every maximal run of set bytes at least that long; in order.
+    pub(crate) fn for_each(&self, value: &[u8], mut f: impl FnMut(usize, usize)) {
+        let one = |i: usize| (i, i + 1);
         match self.few[..] {
-            [a] => memchr::memchr_iter(a, value).for_each(f),
-            [a, b] => memchr::memchr2_iter(a, b, value).for_each(f),
-            [a, b, c] => memchr::memchr3_iter(a, b, c, value).for_each(f),
+            [a] => memchr::memchr_iter(a, value)
+                .map(one)
+                .for_each(|(s, e)| f(s, e)),
+            [a, b] => memchr::memchr2_iter(a, b, value)
+                .map(one)
+                .for_each(|(s, e)| f(s, e)),
+            [a, b, c] => memchr::memchr3_iter(a, b, c, value)
+                .map(one)
+                .for_each(|(s, e)| f(s, e)),
+            _ if self.run > 1 => self.for_each_run(value, f),
             _ => {
                 for (i, &b) in value.iter().enumerate() {
-                    if self.bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0 {
-                        f(i)
+                    if self.has(b) {
+                        f(i, i + 1)
                     }
                 }
             }
+        }
+    }
+
+    /// The maximal runs of at least `self.run` set bytes. Every such run holds one of the
+    /// positions `run - 1`, `2 * run - 1`, ... after the end of the previous run, so only
+    /// those are read until one is a set byte; then the run around it is measured.
+    fn for_each_run(&self, value: &[u8], mut f: impl FnMut(usize, usize)) {
+        let k = self.run;
+        // Runs cannot start before `from`: `value[from - 1]` is not a set byte.
+        let mut from = 0;
+        let mut i = k - 1;
+        while i < value.len() {
+            if !self.has(value[i]) {
+                from = i + 1;
+                i += k;
+                continue;
+            }
+            let mut start = i;
+            while start > from && self.has(value[start - 1]) {
+                start -= 1;
+            }
+            let mut end = i + 1;
+            while end < value.len() && self.has(value[end]) {
+                end += 1;
+            }
+            if end - start >= k {
+                f(start, end);
+            }
+            from = end + 1;
+            i = end + k;
+        }
+    }
+}
+
+/// Runs `(set, least length)` of which every match of `hir` contains one each: a repeated
+/// class (`\s{15}`), a literal's repeated byte, and adjacent items of a concatenation
+/// taken together (`[a-z]{6}\d{3}`: nine bytes of `[a-z0-9]`).
+fn required_runs(hir: &Hir, out: &mut Vec<([u64; 4], usize)>) {
+    /// The byte set and least count of an item that consumes only single bytes of a set.
+    fn item(hir: &Hir) -> Option<([u64; 4], usize)> {
+        match hir.kind() {
+            HirKind::Class(_) => {
+                let mut s = [0; 4];
+                add_bytes(hir, &mut s);
+                Some((s, 1))
+            }
+            HirKind::Literal(l) if l.0.len() == 1 => {
+                let mut s = [0; 4];
+                set(&mut s, l.0[0], l.0[0]);
+                Some((s, 1))
+            }
+            HirKind::Repetition(r) => {
+                let (s, n) = item(&r.sub)?;
+                Some((s, n.saturating_mul(r.min as usize)))
+            }
+            HirKind::Capture(c) => item(&c.sub),
+            _ => None,
+        }
+    }
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) | HirKind::Alternation(_) => {}
+        HirKind::Literal(l) => {
+            // Each stretch of one repeated byte.
+            for chunk in l.0.chunk_by(|a, b| a == b) {
+                let mut s = [0; 4];
+                set(&mut s, chunk[0], chunk[0]);
+                out.push((s, chunk.len()));
+            }
+        }
+        HirKind::Repetition(r) => {
+            if let Some((s, n)) = item(hir) {
+                out.push((s, n));
+            } else if r.min >= 1 {
+                required_runs(&r.sub, out);
+            }
+        }
+        HirKind::Capture(c) => required_runs(&c.sub, out),
+        HirKind::Concat(subs) => {
+            // Adjacent single-byte items: each alone, and each maximal stretch of them as
+            // one run over their union.
+            let mut stretch: Option<([u64; 4], usize)> = None;
+            for sub in subs {
+                match item(sub) {
+                    Some((s, n)) => {
+                        out.push((s, n));
+                        let (u, len) = stretch.get_or_insert(([0; 4], 0));
+                        for (a, b) in u.iter_mut().zip(s) {
+                            *a |= b;
+                        }
+                        *len += n;
+                    }
+                    None => {
+                        out.extend(stretch.take());
+                        required_runs(sub, out);
+                    }
+                }
+            }
+            out.extend(stretch);
         }
     }
 }
@@ -295,6 +459,7 @@ mod tests {
                 .parse(re)
                 .unwrap();
             RareBytes::of(&hir).map(|r| {
+                assert_eq!(r.run, 1, "{re}");
                 (0..=255u8)
                     .filter(|b| r.bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
                     .map(char::from)
@@ -309,6 +474,63 @@ mod tests {
         assert_eq!(rare(r"(?-u)(?:\$|usd)\d+").as_deref(), None);
         assert_eq!(rare(r"(?-u)[a-z]+\d"), None);
         assert_eq!(rare(r"(?-u)x?\$?"), None);
+    }
+
+    #[test]
+    fn rare_runs_table() {
+        // (regex, the run chosen: its bytes and length)
+        let runs = |re: &str| {
+            let hir = regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .build()
+                .parse(re)
+                .unwrap();
+            RareBytes::of(&hir).map(|r| {
+                let bytes = (0..=255u8).filter(|&b| r.has(b)).count();
+                (bytes, r.run)
+            })
+        };
+        assert_eq!(runs(r"(?m-u)^[^\r\n]{998}"), Some((254, 998)));
+        // The run of white space, not the stretch with the letters around it.
+        assert_eq!(runs(r"(?-u)[a-z0-9]{6}\s{15}[a-z0-9]{5}"), Some((6, 15)));
+        // Adjacent items taken together: five bytes of `[qz]`.
+        assert_eq!(runs(r"(?-u)q{4}z"), Some((2, 5)));
+        // Runs of common bytes are not rare, however long.
+        assert_eq!(runs(r"(?-u)\b[a-z]{8,}\b"), None);
+        assert_eq!(runs(r"(?-u)\d{3}"), None);
+    }
+
+    proptest::proptest! {
+        /// The runs found by reading only every `k`-th byte are exactly the maximal runs
+        /// of at least `k` set bytes.
+        #[test]
+        fn runs_found_by_skipping(
+            value in proptest::collection::vec(proptest::sample::select(b"ab \n".to_vec()), 0..80),
+            k in 1usize..7,
+        ) {
+            let mut bits = [0u64; 4];
+            set(&mut bits, b' ', b' ');
+            set(&mut bits, b'\n', b'\n');
+            let rare = RareBytes { bits, few: Vec::new(), run: k };
+            let mut found = Vec::new();
+            rare.for_each_run(&value, |s, e| found.push((s, e)));
+            let mut expected = Vec::new();
+            let mut i = 0;
+            while i < value.len() {
+                if rare.has(value[i]) {
+                    let start = i;
+                    while i < value.len() && rare.has(value[i]) {
+                        i += 1;
+                    }
+                    if i - start >= k {
+                        expected.push((start, i));
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            proptest::prop_assert_eq!(found, expected);
+        }
     }
 
     #[test]

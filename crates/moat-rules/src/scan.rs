@@ -246,10 +246,14 @@ fn record_regex(rr: &RegexRule, value: &[u8], found: &mut Found, mi: usize) {
 ///   window too);
 /// - between windows there is no match, so the non-overlapping iteration over the whole
 ///   value visits the same matches in the same order.
+///
+/// With `runs`, each of `hits` is instead a run of alphabet bytes of which every match
+/// contains at least one byte ([`crate::reach::Reach::run_window`]).
 fn search_windows(
     rr: &RegexRule,
     value: &[u8],
     hits: &[(usize, usize)],
+    runs: bool,
     found: &mut Found,
     mi: usize,
 ) {
@@ -287,7 +291,11 @@ fn search_windows(
             // Inside a window bounded by bytes no match can contain: nothing new.
             continue;
         }
-        let w = rr.reach.window(value, start, end);
+        let w = if runs {
+            rr.reach.run_window(value, start, end)
+        } else {
+            rr.reach.window(value, start, end)
+        };
         cur = Some(match cur {
             Some(c) if w.start <= c.end => crate::reach::Window {
                 start: c.start.min(w.start),
@@ -358,6 +366,23 @@ fn search_anchored(
     }
     if let Some((s, e)) = first {
         record(found, rr.rule, mi, &value[s..e], count as u32, rr.limit);
+    }
+}
+
+/// Counts the matches of the factored regex `rr` in `value`, given the occurrences of its
+/// factors (`hits`, sorted by start): anchored at its triggers where that reads each byte a
+/// bounded number of times, otherwise in the windows around the occurrences.
+fn search_factored(
+    rr: &RegexRule,
+    value: &[u8],
+    hits: &[(usize, usize)],
+    found: &mut Found,
+    mi: usize,
+) {
+    if rr.anchored && anchored_is_linear(rr, hits) {
+        search_anchored(rr, value, hits, found, mi);
+    } else {
+        search_windows(rr, value, hits, false, found, mi);
     }
 }
 
@@ -433,12 +458,7 @@ impl TargetMatcher {
                 s.spans.clear();
                 s.spans.extend(rest[..n].iter().map(|h| (h.1, h.2)));
                 rest = &rest[n..];
-                let rr = &self.factored[idx];
-                if rr.anchored && anchored_is_linear(rr, &s.spans) {
-                    search_anchored(rr, value, &s.spans, &mut s.found, mi);
-                } else {
-                    search_windows(rr, value, &s.spans, &mut s.found, mi);
-                }
+                search_factored(&self.factored[idx], value, &s.spans, &mut s.found, mi);
             }
         }
         s.factor_hits.clear();
@@ -447,9 +467,9 @@ impl TargetMatcher {
                 continue;
             }
             s.spans.clear();
-            rare.for_each(value, |i| s.spans.push((i, i + 1)));
+            rare.for_each(value, |start, end| s.spans.push((start, end)));
             if !s.spans.is_empty() {
-                search_windows(rr, value, &s.spans, &mut s.found, mi);
+                search_windows(rr, value, &s.spans, rare.run() > 1, &mut s.found, mi);
             }
         }
         for (set, members) in &self.sets {
@@ -626,6 +646,8 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
     use std::time::{Duration, Instant};
     for m in &rules.matchers {
         let (mut t_ac, mut t_re, mut t_set) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut t_rare = Duration::ZERO;
+        let mut spent_rare = vec![Duration::ZERO; m.byte_filtered.len()];
         let (mut runs, mut matches, mut set_hits) = (0u64, 0u64, 0u64);
         let (mut ac_hits, mut consumer_visits) = (0u64, 0u64);
         let mut per_pattern = vec![0u64; m.consumers.len()];
@@ -635,15 +657,20 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         let mut mask = vec![0u8; m.clauses.len()];
         let mut queued = vec![0u64; m.factored.len()];
         let mut n = 0u64;
+        let mut found = Found {
+            counts: vec![0; rules.rules.len()],
+            first: Vec::new(),
+        };
         for t in messages {
             t.for_each_value(&m.target, |value| {
                 n += 1;
                 let mut cands = Vec::new();
+                let mut hits: Vec<(usize, usize, usize)> = Vec::new();
                 let s = Instant::now();
                 if let Some(lits) = &m.literals {
                     let mut occurrences = Vec::new();
                     lits.find_all(value, &mut occurrences, &mut Vec::new());
-                    for &(pat, _, _) in &occurrences {
+                    for &(pat, start, end) in &occurrences {
                         ac_hits += 1;
                         per_pattern[pat as usize] += 1;
                         consumer_visits += m.consumers[pat as usize].len() as u64;
@@ -655,6 +682,9 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                                 }
                                 mask[*i] |= 1 << bit;
                                 let cl = m.clauses[*i];
+                                if *bit == 0 || !m.factored[cl.regex].anchored {
+                                    hits.push((cl.regex, start, end));
+                                }
                                 if mask[*i] == cl.full_mask && queued[cl.regex] != n {
                                     queued[cl.regex] = n;
                                     cands.push(cl.regex);
@@ -664,18 +694,43 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                     }
                 }
                 t_ac += s.elapsed();
-                let s = Instant::now();
+                hits.sort_unstable();
+                hits.dedup();
                 for i in cands {
                     runs += 1;
+                    // The same search as the scan: anchored or in windows.
+                    let spans: Vec<(usize, usize)> = hits
+                        .iter()
+                        .filter(|h| h.0 == i)
+                        .map(|h| (h.1, h.2))
+                        .collect();
+                    let rule = m.factored[i].rule;
+                    found.counts[rule] = 0;
                     let one = Instant::now();
-                    if m.factored[i].re.is_match(value) {
+                    search_factored(&m.factored[i], value, &spans, &mut found, 0);
+                    let d = one.elapsed();
+                    spent[i] += d;
+                    t_re += d;
+                    if found.counts[rule] > 0 {
                         matches += 1;
                     } else {
                         wasted[i] += 1;
                     }
-                    spent[i] += one.elapsed();
+                    found.first.clear();
                 }
-                t_re += s.elapsed();
+                let s = Instant::now();
+                for (k, (rare, rr)) in m.byte_filtered.iter().enumerate() {
+                    let one = Instant::now();
+                    let mut spans = Vec::new();
+                    rare.for_each(value, |start, end| spans.push((start, end)));
+                    if !spans.is_empty() {
+                        found.counts[rr.rule] = 0;
+                        search_windows(rr, value, &spans, rare.run() > 1, &mut found, 0);
+                        found.first.clear();
+                    }
+                    spent_rare[k] += one.elapsed();
+                }
+                t_rare += s.elapsed();
                 let s = Instant::now();
                 for (set, members) in &m.sets {
                     let mut ps = PatternSet::new(members.len());
@@ -687,10 +742,11 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<20} ac {:>10.3?} ({ac_hits} hits, {consumer_visits} consumer visits) regex {:>10.3?} ({runs} runs, {matches} matched) set {:>10.3?} ({} regexes, {set_hits} hits)",
+            "{:<20} ac {:>10.3?} ({ac_hits} hits, {consumer_visits} consumer visits) regex {:>10.3?} ({runs} runs, {matches} matched) rare-byte {:>10.3?} set {:>10.3?} ({} regexes, {set_hits} hits)",
             m.target.to_string(),
             t_ac,
             t_re,
+            t_rare,
             t_set,
             m.sets.iter().map(|s| s.1.len()).sum::<usize>()
         );
@@ -779,7 +835,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 rules.rules[r.rule].id, r.pattern
             );
         }
-        // The candidate regexes that cost most, each run over its whole value.
+        // The candidate regexes that cost most, searched as the scan searches them.
         let mut costly: Vec<(Duration, usize)> = spent.iter().copied().zip(0..).collect();
         costly.sort_unstable_by(|a, b| b.cmp(a));
         for (d, i) in costly.into_iter().take(5).filter(|(d, _)| !d.is_zero()) {
@@ -788,6 +844,18 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 out,
                 "    {d:>10.3?} in runs: {} {}",
                 rules.rules[r.rule].id, r.pattern
+            );
+        }
+        let mut costly: Vec<(Duration, usize)> = spent_rare.iter().copied().zip(0..).collect();
+        costly.sort_unstable_by(|a, b| b.cmp(a));
+        for (d, i) in costly.into_iter().take(5).filter(|(d, _)| !d.is_zero()) {
+            let (rare, r) = &m.byte_filtered[i];
+            let _ = writeln!(
+                out,
+                "    {d:>10.3?} around rare bytes (run {}): {} {}",
+                rare.run(),
+                rules.rules[r.rule].id,
+                r.pattern
             );
         }
         let mut worst: Vec<(u64, usize)> = wasted.iter().copied().zip(0..).collect();

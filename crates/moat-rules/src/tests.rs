@@ -559,8 +559,21 @@ fn prefilter_agrees_with_plain_regex() {
         // No literal factor: run around the rare bytes `@`, `%` and `$`.
         r"\b[a-z]{2,5}@[a-z]{2,5}\b",
         r"\d+%|\$\d+",
+        // Searched around runs of a byte class: matches at either end of a long run and
+        // in its middle, several in one run, and a line longer than 40 bytes.
+        r"q{4}z",
+        r"zq{4}",
+        r"x{3}",
+        r"[a-z]{2}\s{15}[a-z]{2}",
+        r"^[^\r\n]{40}",
     ];
     let texts: &[&[u8]] = &[
+        b"qqqqqqqqqqz zqqqqqqqqqq qqq z qqqqqqqqqqqq",
+        b"xxxxxxxxxxxxxxx yxxxxy",
+        b"ab                    cd   ef                 gh",
+        b"short line\nthis line is quite a lot longer than forty bytes\nend",
+        b"\
+          ab                 cd\n",
         b"please reset your  PASSWORD now",
         b"your login",
         b"to unsubscribe, or to subscribe, or unregister",
