@@ -579,7 +579,14 @@ pub(crate) fn compile(
                     Entry::Regex { pattern } => Some(pattern),
                     Entry::Lit { .. } => None,
                 })
-                .map(|pattern| compile_regex(pattern, p.case_sensitive, opts))
+                .map(|pattern| {
+                    compile_regex(
+                        pattern,
+                        p.case_sensitive,
+                        pricing(&rules[p.global].targets),
+                        opts,
+                    )
+                })
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(|m| {
                     Problem::new(&p.file, m)
@@ -803,9 +810,29 @@ fn build_meta(pattern: &str, opts: &CompileOptions) -> Result<ra::Regex, String>
         })
 }
 
+/// How a rule's factors are priced: for headers when every target of the rule is header
+/// text, otherwise as mail text.
+fn pricing(targets: &[Target]) -> rarity::Context {
+    use crate::target::Field;
+    let header_text = |t: &Target| {
+        matches!(
+            t,
+            Target::AllHeaders
+                | Target::Header(_)
+                | Target::Field(Field::HeaderBlock | Field::RawHeaderBlock)
+        )
+    };
+    if !targets.is_empty() && targets.iter().all(header_text) {
+        rarity::Context::Headers
+    } else {
+        rarity::Context::Text
+    }
+}
+
 fn compile_regex(
     pattern: &str,
     case_sensitive: bool,
+    pricing: rarity::Context,
     opts: &CompileOptions,
 ) -> Result<CompiledRegex, String> {
     let eff = effective(pattern, case_sensitive);
@@ -815,9 +842,9 @@ fn compile_regex(
         .build()
         .parse(&eff)
         .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
-    let clauses = factor::clauses(&hir);
+    let clauses = rarity::priced_for(pricing, || factor::clauses(&hir));
     let rare = if clauses.is_empty() {
-        RareBytes::of(&hir)
+        rarity::priced_for(pricing, || RareBytes::of(&hir))
     } else {
         None
     };

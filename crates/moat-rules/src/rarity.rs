@@ -17,6 +17,7 @@
 //! Both see text folded like the literal search sees it (ASCII case and white space,
 //! [`crate::literals::canon`]).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -24,6 +25,36 @@ use crate::literals::canonical;
 
 /// Ordinary mail text, written for this estimate (not taken from any corpus).
 pub(crate) const REFERENCE: &str = include_str!("background.txt");
+
+/// Header blocks of ordinary mail, written for this estimate: in headers, `from: `,
+/// `received: ` and `content-type: ` occur in every message, though prose rarely holds them.
+const HEADER_REFERENCE: &str = include_str!("background-headers.txt");
+
+/// The kind of text a literal is searched in, which decides how common it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Context {
+    /// Bodies, subjects, names, links: the mail text model alone.
+    Text,
+    /// Header lines and header blocks: also counted in typical header blocks.
+    Headers,
+}
+
+thread_local! {
+    static CONTEXT: Cell<Context> = const { Cell::new(Context::Text) };
+}
+
+/// Runs `f` with literals priced for `ctx` on this thread (the factor analysis is deep and
+/// recursive; this keeps the context out of every signature on the way).
+pub(crate) fn priced_for<T>(ctx: Context, f: impl FnOnce() -> T) -> T {
+    struct Restore(Context);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CONTEXT.set(self.0);
+        }
+    }
+    let _restore = Restore(CONTEXT.replace(ctx));
+    f()
+}
 
 /// Longest substring counted in the reference text; longer strings use their rarest
 /// substring of this length.
@@ -54,14 +85,67 @@ pub(crate) fn frequency(b: u8) -> u32 {
     }
 }
 
+/// Occurrences of every substring of 1 to `MAX_GRAM` bytes of a folded text.
+struct Grams {
+    counts: HashMap<Box<[u8]>, u32>,
+    kib: f64,
+}
+
+impl Grams {
+    fn of(text: &[u8]) -> Grams {
+        let mut counts: HashMap<Box<[u8]>, u32> = HashMap::new();
+        for i in 0..text.len() {
+            for n in 1..=MAX_GRAM.min(text.len() - i) {
+                *counts.entry(text[i..i + n].into()).or_default() += 1;
+            }
+        }
+        Grams {
+            counts,
+            kib: text.len() as f64 / 1024.0,
+        }
+    }
+
+    /// Occurrences per KiB of the folded `lower`: those of its rarest substring of
+    /// `MAX_GRAM` bytes when it is longer.
+    fn per_kib(&self, lower: &[u8]) -> f64 {
+        let seen = lower
+            .windows(lower.len().clamp(1, MAX_GRAM))
+            .map(|w| self.counts.get(w).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        f64::from(seen) / self.kib
+    }
+}
+
+fn header_grams() -> &'static Grams {
+    static GRAMS: OnceLock<Grams> = OnceLock::new();
+    GRAMS.get_or_init(|| Grams::of(&canonical(HEADER_REFERENCE.as_bytes())))
+}
+
+/// Frequency of a byte per 10,000 bytes of the text a literal is priced for: in headers,
+/// also as counted in the header blocks (`@`, `<` and `:` are in every address and every
+/// line there).
+pub(crate) fn byte_frequency(b: u8) -> u32 {
+    let f = frequency(b);
+    if CONTEXT.get() != Context::Headers {
+        return f;
+    }
+    let h = header_grams();
+    let n = h
+        .counts
+        .get(&[crate::literals::canon(b)][..])
+        .copied()
+        .unwrap_or(0);
+    f.max((f64::from(n) * 10_000.0 / (h.kib * 1024.0)) as u32)
+}
+
 struct Model {
     /// Occurrences of every lower-cased substring of 1 to `MAX_GRAM` bytes.
-    grams: HashMap<Box<[u8]>, u32>,
+    grams: Grams,
     /// Probability of each byte.
     unigram: Vec<f64>,
     /// Probability of each byte after each byte (`256 * before + after`).
     bigram: Vec<f64>,
-    kib: f64,
 }
 
 /// Weight, in bytes of text, of the letter-frequency prior in the byte probabilities.
@@ -73,12 +157,7 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let text = canonical(REFERENCE.as_bytes());
-        let mut grams: HashMap<Box<[u8]>, u32> = HashMap::new();
-        for i in 0..text.len() {
-            for n in 1..=MAX_GRAM.min(text.len() - i) {
-                *grams.entry(text[i..i + n].into()).or_default() += 1;
-            }
-        }
+        let grams = Grams::of(&text);
         let mut ones = vec![0f64; 256];
         let mut pairs = vec![0f64; 256 * 256];
         for &b in &text {
@@ -105,7 +184,6 @@ fn model() -> &'static Model {
             grams,
             unigram,
             bigram,
-            kib: n / 1024.0,
         }
     })
 }
@@ -119,8 +197,8 @@ fn folded_frequency(b: u8) -> u32 {
         .sum()
 }
 
-/// Expected occurrences of `lit` per KiB of mail text, both folded as the literal search
-/// folds them.
+/// Expected occurrences of `lit` per KiB of mail text (and of header blocks, for literals
+/// priced for headers), both folded as the literal search folds them.
 pub(crate) fn per_kib(lit: &[u8]) -> f64 {
     let lower = canonical(lit);
     let Some((&first, _)) = lower.split_first() else {
@@ -132,12 +210,10 @@ pub(crate) fn per_kib(lit: &[u8]) -> f64 {
         .fold(m.unigram[usize::from(first)], |p, w| {
             p * m.bigram[256 * usize::from(w[0]) + usize::from(w[1])]
         });
-    let seen = lower
-        .windows(lower.len().min(MAX_GRAM))
-        .map(|w| m.grams.get(w).copied().unwrap_or(0))
-        .min()
-        .unwrap_or(0);
-    let estimate = (1024.0 * chain).max(f64::from(seen) / m.kib);
+    let mut estimate = (1024.0 * chain).max(m.grams.per_kib(&lower));
+    if CONTEXT.get() == Context::Headers {
+        estimate = estimate.max(header_grams().per_kib(&lower));
+    }
     if lower.len() >= 2 && lower.iter().all(|&b| b == first) {
         // A run of one byte (`"        "`, `"----"`) occurs at every offset of every longer
         // run in the text: a storm of overlapping hits that the estimate does not see.
@@ -183,5 +259,23 @@ mod tests {
         // Case does not matter; a longer string is never more common than its rarest part.
         assert_eq!(per_kib(b"The"), per_kib(b"tHE"));
         assert!(per_kib(b"the end of the month") <= per_kib(b" the "));
+    }
+
+    #[test]
+    fn header_names_are_common_in_headers_only() {
+        let text = |l: &[u8]| per_kib(l);
+        let headers = |l: &[u8]| priced_for(Context::Headers, || per_kib(l));
+        for common in [&b"\nFrom: "[..], b"\nMIME-Version: ", b"\nReceived: "] {
+            assert!(
+                headers(common) > 0.5,
+                "{:?}",
+                String::from_utf8_lossy(common)
+            );
+            assert!(text(common) < headers(common) / 4.0);
+        }
+        // A header most messages lack stays rare, so it is the factor to choose.
+        assert!(headers(b"\nX-Priority: ") < headers(b"\nFrom: ") / 10.0);
+        // The context ends with the call.
+        assert_eq!(per_kib(b"\nFrom: "), text(b"\nFrom: "));
     }
 }

@@ -12,7 +12,7 @@
 
 use regex_syntax::hir::{Class, Hir, HirKind};
 
-use crate::rarity::frequency;
+use crate::rarity::byte_frequency;
 
 /// The bytes a regex's matches can contain and their longest length.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +130,7 @@ const MAX_RARE_COST: u32 = 40;
 fn cost(bits: &[u64; 4]) -> u32 {
     (0..=255u8)
         .filter(|b| bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
-        .map(frequency)
+        .map(byte_frequency)
         .sum()
 }
 
@@ -143,7 +143,7 @@ const MAX_RUN_COST: u32 = MAX_RARE_COST / 4;
 /// mail are not independent (indentation, padding, tables, hex strings), so a run is
 /// priced as if it were half as long as it is.
 fn run_cost(bits: &[u64; 4], len: usize) -> u32 {
-    let total: u32 = (0..=255u8).map(frequency).sum();
+    let total: u32 = (0..=255u8).map(byte_frequency).sum();
     let p = f64::from(cost(bits)) / f64::from(total);
     let len = i32::try_from(len.div_ceil(2)).unwrap_or(i32::MAX);
     (10_000.0 * p.min(1.0).powi(len)).ceil() as u32
