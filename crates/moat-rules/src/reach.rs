@@ -95,9 +95,7 @@ impl Reach {
             closed,
         }
     }
-}
 
-impl Reach {
     /// The window of `value` that holds every match containing at least one byte of
     /// `start..end`, a run of bytes of the alphabet: the union of the windows around its
     /// first and last byte (the window around any byte between lies inside that union).
@@ -112,8 +110,9 @@ impl Reach {
     }
 }
 
-/// A set of bytes every match of a regex contains at least one of, chosen to be rare in
-/// mail text: a prefilter for regexes without a literal factor.
+/// A set of bytes every match of a regex contains at least one of (or a run of at least
+/// `run` of), chosen to be rare in mail text: a prefilter for regexes without a literal
+/// factor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RareBytes {
     bits: [u64; 4],
