@@ -415,13 +415,16 @@ fn add_bytes(hir: &Hir, alphabet: &mut [u64; 4]) {
 mod tests {
     use super::*;
 
-    fn reach(re: &str) -> Reach {
-        let hir = regex_syntax::ParserBuilder::new()
+    fn hir(re: &str) -> Hir {
+        regex_syntax::ParserBuilder::new()
             .utf8(false)
             .build()
             .parse(re)
-            .unwrap();
-        Reach::of(&hir)
+            .unwrap()
+    }
+
+    fn reach(re: &str) -> Reach {
+        Reach::of(&hir(re))
     }
 
     #[test]
@@ -452,12 +455,7 @@ mod tests {
     #[test]
     fn rare_bytes_table() {
         let rare = |re: &str| {
-            let hir = regex_syntax::ParserBuilder::new()
-                .utf8(false)
-                .build()
-                .parse(re)
-                .unwrap();
-            RareBytes::of(&hir).map(|r| {
+            RareBytes::of(&hir(re)).map(|r| {
                 assert_eq!(r.run, 1, "{re}");
                 (0..=255u8)
                     .filter(|b| r.bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
@@ -479,12 +477,7 @@ mod tests {
     fn rare_runs_table() {
         // (regex, the run chosen: its bytes and length)
         let runs = |re: &str| {
-            let hir = regex_syntax::ParserBuilder::new()
-                .utf8(false)
-                .build()
-                .parse(re)
-                .unwrap();
-            RareBytes::of(&hir).map(|r| {
+            RareBytes::of(&hir(re)).map(|r| {
                 let bytes = (0..=255u8).filter(|&b| r.has(b)).count();
                 (bytes, r.run)
             })
