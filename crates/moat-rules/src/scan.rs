@@ -142,20 +142,87 @@ struct Scratch {
     /// The current value folded for the literal search.
     folded: Vec<u8>,
     found: Found,
+    candidates: Candidates,
+    spans: Vec<(usize, usize)>,
+    /// Which members of a regex set matched, indexed by the set's size (a pattern set
+    /// whose capacity is the set's size lets the search stop once every member matched).
+    patsets: Vec<PatternSet>,
+}
+
+/// The factor occurrences in one value, and the factored regexes they make candidates
+/// (those with every factor set of a clause found).
+#[derive(Default)]
+struct Candidates {
     /// Per clause: the value number its mask belongs to.
     stamp: Vec<u64>,
     /// Per clause: factor sets found in the current value.
     mask: Vec<u8>,
     /// Per factored regex: the value number it was queued for.
     queued: Vec<u64>,
-    candidates: Vec<usize>,
+    queue: Vec<usize>,
     /// Factor occurrences in the current value: (factored regex, start, end).
-    factor_hits: Vec<(usize, usize, usize)>,
+    hits: Vec<(usize, usize, usize)>,
     spans: Vec<(usize, usize)>,
     value_no: u64,
-    /// Which members of a regex set matched, indexed by the set's size (a pattern set
-    /// whose capacity is the set's size lets the search stop once every member matched).
-    patsets: Vec<PatternSet>,
+}
+
+impl Candidates {
+    /// Makes room for the clauses and regexes of `m`, before its first value.
+    fn reset(&mut self, m: &TargetMatcher) {
+        self.stamp.clear();
+        self.stamp.resize(m.clauses.len(), 0);
+        self.mask.clear();
+        self.mask.resize(m.clauses.len(), 0);
+        self.queued.clear();
+        self.queued.resize(m.factored.len(), 0);
+    }
+
+    /// Starts a value.
+    fn next_value(&mut self) {
+        self.value_no += 1;
+        self.queue.clear();
+        self.hits.clear();
+    }
+
+    /// Notes the occurrence `start..end` of factor set `bit` of clause `c` of `m`.
+    #[inline(always)]
+    fn note(&mut self, m: &TargetMatcher, c: usize, bit: u8, start: usize, end: usize) {
+        if self.stamp[c] != self.value_no {
+            self.stamp[c] = self.value_no;
+            self.mask[c] = 0;
+        }
+        self.mask[c] |= 1 << bit;
+        let cl = m.clauses[c];
+        // An anchored regex is searched at its triggers' occurrences only.
+        if bit == 0 || !m.factored[cl.regex].anchored {
+            self.hits.push((cl.regex, start, end));
+        }
+        if self.mask[c] == cl.full_mask && self.queued[cl.regex] != self.value_no {
+            self.queued[cl.regex] = self.value_no;
+            self.queue.push(cl.regex);
+        }
+    }
+
+    /// Calls `f` with each candidate regex and the occurrences of its factors in value
+    /// order.
+    #[inline]
+    fn for_each(&mut self, mut f: impl FnMut(usize, &[(usize, usize)])) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let (queued, no) = (&self.queued, self.value_no);
+        self.hits.retain(|h| queued[h.0] == no);
+        self.hits.sort_unstable();
+        self.hits.dedup();
+        let mut rest = &self.hits[..];
+        while let Some(&(idx, _, _)) = rest.first() {
+            let n = rest.iter().take_while(|h| h.0 == idx).count();
+            self.spans.clear();
+            self.spans.extend(rest[..n].iter().map(|h| (h.1, h.2)));
+            rest = &rest[n..];
+            f(idx, &self.spans);
+        }
+    }
 }
 
 /// The cleared pattern set of capacity `len` from `patsets`.
@@ -386,6 +453,23 @@ fn search_factored(
     }
 }
 
+/// Counts the matches of `rr`, whose every match contains a byte (or a run) of `rare`, by
+/// searching the windows around those bytes in `value`; `spans` is scratch space.
+fn search_rare(
+    rare: &crate::reach::RareBytes,
+    rr: &RegexRule,
+    value: &[u8],
+    spans: &mut Vec<(usize, usize)>,
+    found: &mut Found,
+    mi: usize,
+) {
+    spans.clear();
+    rare.for_each(value, |start, end| spans.push((start, end)));
+    if !spans.is_empty() {
+        search_windows(rr, value, spans, rare.run() > 1, found, mi);
+    }
+}
+
 impl TargetMatcher {
     /// Runs the literal search over `value`: records the rule literals found, and hands
     /// each factor occurrence to `factor` (clause, bit, start, end).
@@ -428,49 +512,19 @@ impl TargetMatcher {
     }
 
     fn scan_value(&self, mi: usize, value: &[u8], s: &mut Scratch) {
-        s.value_no += 1;
-        s.candidates.clear();
+        s.candidates.next_value();
         self.search_literals(mi, value, s, |s, c, bit, start, end| {
-            if s.stamp[c] != s.value_no {
-                s.stamp[c] = s.value_no;
-                s.mask[c] = 0;
-            }
-            s.mask[c] |= 1 << bit;
-            let cl = self.clauses[c];
-            // An anchored regex is searched at its triggers' occurrences only.
-            if bit == 0 || !self.factored[cl.regex].anchored {
-                s.factor_hits.push((cl.regex, start, end));
-            }
-            if s.mask[c] == cl.full_mask && s.queued[cl.regex] != s.value_no {
-                s.queued[cl.regex] = s.value_no;
-                s.candidates.push(cl.regex);
-            }
+            s.candidates.note(self, c, bit, start, end);
         });
-        if !s.candidates.is_empty() {
-            // Occurrences of the candidates' factors, grouped per regex in value order.
-            let (queued, no) = (&s.queued, s.value_no);
-            s.factor_hits.retain(|h| queued[h.0] == no);
-            s.factor_hits.sort_unstable();
-            s.factor_hits.dedup();
-            let mut rest = &s.factor_hits[..];
-            while let Some(&(idx, _, _)) = rest.first() {
-                let n = rest.iter().take_while(|h| h.0 == idx).count();
-                s.spans.clear();
-                s.spans.extend(rest[..n].iter().map(|h| (h.1, h.2)));
-                rest = &rest[n..];
-                search_factored(&self.factored[idx], value, &s.spans, &mut s.found, mi);
-            }
-        }
-        s.factor_hits.clear();
+        let found = &mut s.found;
+        s.candidates.for_each(|idx, spans| {
+            search_factored(&self.factored[idx], value, spans, found, mi);
+        });
         for (rare, rr) in &self.byte_filtered {
             if budget(&s.found, rr.rule, rr.limit) == 0 {
                 continue;
             }
-            s.spans.clear();
-            rare.for_each(value, |start, end| s.spans.push((start, end)));
-            if !s.spans.is_empty() {
-                search_windows(rr, value, &s.spans, rare.run() > 1, &mut s.found, mi);
-            }
+            search_rare(rare, rr, value, &mut s.spans, &mut s.found, mi);
         }
         for (set, members) in &self.sets {
             // Members that reached their max_hits need no search.
@@ -548,12 +602,7 @@ impl CompiledRules {
                 Target::Field(f) if targets.field(*f).is_empty() => continue,
                 _ => Values::All,
             };
-            s.stamp.clear();
-            s.stamp.resize(m.clauses.len(), 0);
-            s.mask.clear();
-            s.mask.resize(m.clauses.len(), 0);
-            s.queued.clear();
-            s.queued.resize(m.factored.len(), 0);
+            s.candidates.reset(m);
             let scan = |v: &[u8], s: &mut Scratch| {
                 if reference {
                     m.scan_value_reference(mi, v, s);
@@ -636,6 +685,16 @@ fn target_name(t: &Target) -> String {
     t.to_string()
 }
 
+/// The `n` largest non-zero values of `v` with their indices, largest first (ties: the
+/// higher index first).
+fn largest<T: Ord + Copy + Default>(v: &[T], n: usize) -> Vec<(T, usize)> {
+    let mut all: Vec<(T, usize)> = v.iter().copied().zip(0..).collect();
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    all.truncate(n);
+    all.retain(|(x, _)| *x != T::default());
+    all
+}
+
 /// Reports where scan time goes (automaton, candidate regexes, regex sets) per target, and
 /// the factored regexes that ran most often without matching. A diagnostic for rule
 /// authors and benchmarks; not used on the SMTP path.
@@ -653,19 +712,16 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         let mut per_pattern = vec![0u64; m.consumers.len()];
         let mut wasted: Vec<u64> = vec![0; m.factored.len()];
         let mut spent: Vec<Duration> = vec![Duration::ZERO; m.factored.len()];
-        let mut stamp = vec![0u64; m.clauses.len()];
-        let mut mask = vec![0u8; m.clauses.len()];
-        let mut queued = vec![0u64; m.factored.len()];
-        let mut n = 0u64;
+        let mut candidates = Candidates::default();
+        candidates.reset(m);
+        let mut spans = Vec::new();
         let mut found = Found {
             counts: vec![0; rules.rules.len()],
             first: Vec::new(),
         };
         for t in messages {
             t.for_each_value(&m.target, |value| {
-                n += 1;
-                let mut cands = Vec::new();
-                let mut hits: Vec<(usize, usize, usize)> = Vec::new();
+                candidates.next_value();
                 let s = Instant::now();
                 if let Some(lits) = &m.literals {
                     let mut occurrences = Vec::new();
@@ -675,39 +731,20 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                         per_pattern[pat as usize] += 1;
                         consumer_visits += m.consumers[pat as usize].len() as u64;
                         for c in &m.consumers[pat as usize] {
-                            if let Consumer::Factor { clause: i, bit } = c {
-                                if stamp[*i] != n {
-                                    stamp[*i] = n;
-                                    mask[*i] = 0;
-                                }
-                                mask[*i] |= 1 << bit;
-                                let cl = m.clauses[*i];
-                                if *bit == 0 || !m.factored[cl.regex].anchored {
-                                    hits.push((cl.regex, start, end));
-                                }
-                                if mask[*i] == cl.full_mask && queued[cl.regex] != n {
-                                    queued[cl.regex] = n;
-                                    cands.push(cl.regex);
-                                }
+                            if let Consumer::Factor { clause, bit } = c {
+                                candidates.note(m, *clause, *bit, start, end);
                             }
                         }
                     }
                 }
                 t_ac += s.elapsed();
-                hits.sort_unstable();
-                hits.dedup();
-                for i in cands {
+                candidates.for_each(|i, spans| {
                     runs += 1;
                     // The same search as the scan: anchored or in windows.
-                    let spans: Vec<(usize, usize)> = hits
-                        .iter()
-                        .filter(|h| h.0 == i)
-                        .map(|h| (h.1, h.2))
-                        .collect();
                     let rule = m.factored[i].rule;
                     found.counts[rule] = 0;
                     let one = Instant::now();
-                    search_factored(&m.factored[i], value, &spans, &mut found, 0);
+                    search_factored(&m.factored[i], value, spans, &mut found, 0);
                     let d = one.elapsed();
                     spent[i] += d;
                     t_re += d;
@@ -717,17 +754,13 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                         wasted[i] += 1;
                     }
                     found.first.clear();
-                }
+                });
                 let s = Instant::now();
                 for (k, (rare, rr)) in m.byte_filtered.iter().enumerate() {
                     let one = Instant::now();
-                    let mut spans = Vec::new();
-                    rare.for_each(value, |start, end| spans.push((start, end)));
-                    if !spans.is_empty() {
-                        found.counts[rr.rule] = 0;
-                        search_windows(rr, value, &spans, rare.run() > 1, &mut found, 0);
-                        found.first.clear();
-                    }
+                    found.counts[rr.rule] = 0;
+                    search_rare(rare, rr, value, &mut spans, &mut found, 0);
+                    found.first.clear();
                     spent_rare[k] += one.elapsed();
                 }
                 t_rare += s.elapsed();
@@ -836,9 +869,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
             );
         }
         // The candidate regexes that cost most, searched as the scan searches them.
-        let mut costly: Vec<(Duration, usize)> = spent.iter().copied().zip(0..).collect();
-        costly.sort_unstable_by(|a, b| b.cmp(a));
-        for (d, i) in costly.into_iter().take(5).filter(|(d, _)| !d.is_zero()) {
+        for (d, i) in largest(&spent, 5) {
             let r = &m.factored[i];
             let _ = writeln!(
                 out,
@@ -846,9 +877,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 rules.rules[r.rule].id, r.pattern
             );
         }
-        let mut costly: Vec<(Duration, usize)> = spent_rare.iter().copied().zip(0..).collect();
-        costly.sort_unstable_by(|a, b| b.cmp(a));
-        for (d, i) in costly.into_iter().take(5).filter(|(d, _)| !d.is_zero()) {
+        for (d, i) in largest(&spent_rare, 5) {
             let (rare, r) = &m.byte_filtered[i];
             let _ = writeln!(
                 out,
@@ -858,9 +887,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 r.pattern
             );
         }
-        let mut worst: Vec<(u64, usize)> = wasted.iter().copied().zip(0..).collect();
-        worst.sort_unstable_by(|a, b| b.cmp(a));
-        for (w, i) in worst.into_iter().take(5).filter(|(w, _)| *w > 0) {
+        for (w, i) in largest(&wasted, 5) {
             let r = &m.factored[i];
             let _ = writeln!(
                 out,
