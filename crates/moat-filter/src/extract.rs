@@ -68,14 +68,19 @@ fn cut_at(bytes: &[u8], max: usize) -> Option<usize> {
     Some(end)
 }
 
-/// `s` cut to at most `max` bytes ([`cut_at`]); sets `truncated` when it was cut.
-fn cut_str<'s>(s: &'s str, max: usize, truncated: &mut bool) -> &'s str {
-    let Some(end) = cut_at(s.as_bytes(), max) else {
-        return s;
+/// `bytes` cut to at most `max` bytes ([`cut_at`]); sets `truncated` when it was cut.
+fn cut_bytes<'b>(bytes: &'b [u8], max: usize, truncated: &mut bool) -> &'b [u8] {
+    let Some(end) = cut_at(bytes, max) else {
+        return bytes;
     };
     *truncated = true;
+    &bytes[..end]
+}
+
+/// `s` cut to at most `max` bytes ([`cut_at`]); sets `truncated` when it was cut.
+fn cut_str<'s>(s: &'s str, max: usize, truncated: &mut bool) -> &'s str {
     // In valid UTF-8 `cut_at` ends after ASCII white space or at a character's first byte.
-    &s[..end]
+    &s[..cut_bytes(s.as_bytes(), max, truncated).len()]
 }
 
 /// Which limit a message went over.
@@ -212,18 +217,11 @@ pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extra
     let mut t = Targets::new();
     t.push(Field::Full, Cow::Borrowed(raw));
     let (header_end, body_start) = split_header(raw);
-    let raw_body = &raw[body_start..];
-    let raw_cut = cut_at(raw_body, limits.max_raw_scan_bytes);
-    t.push(
-        Field::RawBody,
-        Cow::Borrowed(&raw_body[..raw_cut.unwrap_or(raw_body.len())]),
-    );
-    let raw_headers = &raw[..header_end];
-    let head_cut = cut_at(raw_headers, limits.max_raw_scan_bytes);
-    t.push(
-        Field::RawHeaderBlock,
-        Cow::Borrowed(&raw_headers[..head_cut.unwrap_or(raw_headers.len())]),
-    );
+    let (mut raw_cut, mut head_cut) = (false, false);
+    let raw_body = cut_bytes(&raw[body_start..], limits.max_raw_scan_bytes, &mut raw_cut);
+    t.push(Field::RawBody, Cow::Borrowed(raw_body));
+    let raw_headers = cut_bytes(&raw[..header_end], limits.max_raw_scan_bytes, &mut head_cut);
+    t.push(Field::RawHeaderBlock, Cow::Borrowed(raw_headers));
     t.push_str(Field::MailFrom, env.mail_from.clone());
     for r in &env.rcpt_to {
         t.push_str(Field::RcptTo, r.clone());
@@ -241,7 +239,7 @@ pub fn extract<'a>(raw: &'a [u8], env: &EnvelopeFacts, limits: &Limits) -> Extra
         depth: 0,
         decoded_bytes: 0,
         parser_failed: false,
-        truncated_parts: usize::from(raw_cut.is_some()) + usize::from(head_cut.is_some()),
+        truncated_parts: usize::from(raw_cut) + usize::from(head_cut),
     };
     // Refuse to build a parse tree for a part bomb at all.
     if count_content_types(raw) > limits.max_parts {
