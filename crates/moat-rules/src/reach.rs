@@ -254,31 +254,50 @@ impl RareBytes {
 
 /// Runs `(set, least length)` of which every match of `hir` contains one each: a repeated
 /// class (`\s{15}`), a literal's repeated byte, and adjacent items of a concatenation
-/// taken together (`[a-z]{6}\d{3}`: nine bytes of `[a-z0-9]`).
+/// taken together (`[a-z]{6}\d{3}`: nine bytes of `[a-z0-9]`). Look-arounds consume no
+/// byte, so they do not end a stretch: `(?:[A-Z][a-z]*\b\s){18}` needs 36 bytes of
+/// `[A-Za-z\s]` in a row.
 fn required_runs(hir: &Hir, out: &mut Vec<([u64; 4], usize)>) {
-    /// The byte set and least count of an item that consumes only single bytes of a set.
+    /// The byte set and least length of an item whose every match is made of bytes of that
+    /// set alone (a zero-width item: the empty set and length 0).
     fn item(hir: &Hir) -> Option<([u64; 4], usize)> {
         match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => Some(([0; 4], 0)),
             HirKind::Class(_) => {
                 let mut s = [0; 4];
                 add_bytes(hir, &mut s);
                 Some((s, 1))
             }
-            HirKind::Literal(l) if l.0.len() == 1 => {
+            HirKind::Literal(l) => {
                 let mut s = [0; 4];
-                set(&mut s, l.0[0], l.0[0]);
-                Some((s, 1))
+                for &b in l.0.iter() {
+                    set(&mut s, b, b);
+                }
+                Some((s, l.0.len()))
             }
             HirKind::Repetition(r) => {
                 let (s, n) = item(&r.sub)?;
                 Some((s, n.saturating_mul(r.min as usize)))
             }
             HirKind::Capture(c) => item(&c.sub),
-            _ => None,
+            HirKind::Concat(subs) => subs.iter().try_fold(([0; 4], 0usize), |(u, len), sub| {
+                let (s, n) = item(sub)?;
+                Some((union(u, s), len.saturating_add(n)))
+            }),
+            HirKind::Alternation(subs) => {
+                subs.iter().try_fold(([0; 4], usize::MAX), |(u, len), sub| {
+                    let (s, n) = item(sub)?;
+                    Some((union(u, s), len.min(n)))
+                })
+            }
         }
     }
+    fn union(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+        [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]]
+    }
     match hir.kind() {
-        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) | HirKind::Alternation(_) => {}
+        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => {}
+        HirKind::Alternation(_) => out.extend(item(hir)),
         HirKind::Literal(l) => {
             // Each stretch of one repeated byte.
             for chunk in l.0.chunk_by(|a, b| a == b) {
@@ -290,29 +309,25 @@ fn required_runs(hir: &Hir, out: &mut Vec<([u64; 4], usize)>) {
         HirKind::Repetition(r) => {
             if let Some((s, n)) = item(hir) {
                 out.push((s, n));
-            } else if r.min >= 1 {
+            }
+            if r.min >= 1 {
                 required_runs(&r.sub, out);
             }
         }
         HirKind::Capture(c) => required_runs(&c.sub, out),
         HirKind::Concat(subs) => {
-            // Adjacent single-byte items: each alone, and each maximal stretch of them as
-            // one run over their union.
+            // The runs inside each item, and each maximal stretch of adjacent items as one
+            // run over their union.
             let mut stretch: Option<([u64; 4], usize)> = None;
             for sub in subs {
+                required_runs(sub, out);
                 match item(sub) {
                     Some((s, n)) => {
-                        out.push((s, n));
                         let (u, len) = stretch.get_or_insert(([0; 4], 0));
-                        for (a, b) in u.iter_mut().zip(s) {
-                            *a |= b;
-                        }
+                        *u = union(*u, s);
                         *len += n;
                     }
-                    None => {
-                        out.extend(stretch.take());
-                        required_runs(sub, out);
-                    }
+                    None => out.extend(stretch.take()),
                 }
             }
             out.extend(stretch);
@@ -487,6 +502,15 @@ mod tests {
         assert_eq!(runs(r"(?-u)[a-z0-9]{6}\s{15}[a-z0-9]{5}"), Some((6, 15)));
         // Adjacent items taken together: five bytes of `[qz]`.
         assert_eq!(runs(r"(?-u)q{4}z"), Some((2, 5)));
+        // Look-arounds consume nothing and do not end a stretch; a repeated group of
+        // items is an item: 18 × 9 bytes of `[A-Za-z\s.]`.
+        assert_eq!(
+            runs(r"(?m-u)\b(?:[A-Z][a-z]{0,16}\b(?:\s[a-z]{1,16}\b){4,6}\.?\s{0,2}){18}"),
+            Some((59, 162))
+        );
+        // An alternation of items: its union, as long as its shortest branch; a literal of
+        // several bytes counts them all.
+        assert_eq!(runs(r"(?-u)(?:~~|\^\^\^)(?:~\^){4}"), Some((2, 10)));
         // Runs of common bytes are not rare, however long.
         assert_eq!(runs(r"(?-u)\b[a-z]{8,}\b"), None);
         assert_eq!(runs(r"(?-u)\d{3}"), None);

@@ -566,10 +566,13 @@ fn prefilter_agrees_with_plain_regex() {
         r"x{3}",
         r"[a-z]{2}\s{15}[a-z]{2}",
         r"^[^\r\n]{40}",
+        // A run through look-arounds: twelve bytes of `[q\s]`.
+        r"(?:\bq{2}\b\s){4}",
     ];
     let texts: &[&[u8]] = &[
         b"qqqqqqqqqqz zqqqqqqqqqq qqq z qqqqqqqqqqqq",
         b"xxxxxxxxxxxxxxx yxxxxy",
+        b"qq qq qq qq qq x qq qq qq qq\nqq qqq qq qq qq qq qq\tqq qq qq ",
         b"ab                    cd   ef                 gh",
         b"short line\nthis line is quite a lot longer than forty bytes\nend",
         b"\
