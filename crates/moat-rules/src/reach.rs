@@ -325,7 +325,7 @@ fn required_runs(hir: &Hir, out: &mut Vec<([u64; 4], usize)>) {
                     Some((s, n)) => {
                         let (u, len) = stretch.get_or_insert(([0; 4], 0));
                         *u = union(*u, s);
-                        *len += n;
+                        *len = len.saturating_add(n);
                     }
                     None => out.extend(stretch.take()),
                 }
