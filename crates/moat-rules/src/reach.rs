@@ -60,7 +60,7 @@ impl Reach {
 
     #[inline]
     fn has(&self, b: u8) -> bool {
-        self.alphabet[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+        contains(&self.alphabet, b)
     }
 
     /// The window of `value` that holds every match containing `start..end`.
@@ -128,7 +128,7 @@ const MAX_RARE_COST: u32 = 40;
 
 fn cost(bits: &[u64; 4]) -> u32 {
     (0..=255u8)
-        .filter(|b| bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+        .filter(|&b| contains(bits, b))
         .map(byte_frequency)
         .sum()
 }
@@ -172,9 +172,7 @@ impl RareBytes {
         if c > MAX_RARE_COST || bits == [0; 4] {
             return None;
         }
-        let few: Vec<u8> = (0..=255u8)
-            .filter(|b| bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
-            .collect();
+        let few: Vec<u8> = (0..=255u8).filter(|&b| contains(&bits, b)).collect();
         Some(RareBytes {
             bits,
             few: if few.len() <= 3 && run == 1 {
@@ -188,7 +186,7 @@ impl RareBytes {
 
     #[inline]
     fn has(&self, b: u8) -> bool {
-        self.bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+        contains(&self.bits, b)
     }
 
     /// Length of the run every match contains (1: a single byte).
@@ -270,9 +268,7 @@ fn required_runs(hir: &Hir, out: &mut Vec<([u64; 4], usize)>) {
             }
             HirKind::Literal(l) => {
                 let mut s = [0; 4];
-                for &b in l.0.iter() {
-                    set(&mut s, b, b);
-                }
+                add_bytes(hir, &mut s);
                 Some((s, l.0.len()))
             }
             HirKind::Repetition(r) => {
@@ -291,9 +287,6 @@ fn required_runs(hir: &Hir, out: &mut Vec<([u64; 4], usize)>) {
                 })
             }
         }
-    }
-    fn union(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
-        [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]]
     }
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => {}
@@ -364,20 +357,28 @@ fn required_sets(hir: &Hir, out: &mut Vec<[u64; 4]>) {
         }
         HirKind::Alternation(alts) => {
             // A match goes through one branch: the union of each branch's rarest set.
-            let mut union = [0u64; 4];
+            let mut all = [0u64; 4];
             for a in alts {
                 let mut v = Vec::new();
                 required_sets(a, &mut v);
                 let Some(best) = v.into_iter().min_by_key(cost) else {
                     return;
                 };
-                for (u, b) in union.iter_mut().zip(best) {
-                    *u |= b;
-                }
+                all = union(all, best);
             }
-            out.push(union);
+            out.push(all);
         }
     }
+}
+
+/// True when byte `b` is in the set `bits`.
+#[inline]
+fn contains(bits: &[u64; 4], b: u8) -> bool {
+    bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+}
+
+fn union(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+    [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]]
 }
 
 fn set(alphabet: &mut [u64; 4], lo: u8, hi: u8) {
@@ -473,7 +474,7 @@ mod tests {
             RareBytes::of(&hir(re)).map(|r| {
                 assert_eq!(r.run, 1, "{re}");
                 (0..=255u8)
-                    .filter(|b| r.bits[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+                    .filter(|&b| r.has(b))
                     .map(char::from)
                     .collect::<String>()
             })
