@@ -860,40 +860,26 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         if !alone.is_empty() {
             let _ = writeln!(out, "    set members run alone: {total:.3?} in total");
         }
+        // One line per regex: what was measured, then the rule id and the pattern.
+        let mut line = |what: String, r: &crate::compile::RegexRule| {
+            let _ = writeln!(out, "    {what}: {} {}", rules.rules[r.rule].id, r.pattern);
+        };
         for (d, i) in alone.into_iter().take(8) {
-            let r = members[i];
-            let _ = writeln!(
-                out,
-                "    {d:>10.3?} alone: {} {}",
-                rules.rules[r.rule].id, r.pattern
-            );
+            line(format!("{d:>10.3?} alone"), members[i]);
         }
         // The candidate regexes that cost most, searched as the scan searches them.
         for (d, i) in largest(&spent, 5) {
-            let r = &m.factored[i];
-            let _ = writeln!(
-                out,
-                "    {d:>10.3?} in runs: {} {}",
-                rules.rules[r.rule].id, r.pattern
-            );
+            line(format!("{d:>10.3?} in runs"), &m.factored[i]);
         }
         for (d, i) in largest(&spent_rare, 5) {
             let (rare, r) = &m.byte_filtered[i];
-            let _ = writeln!(
-                out,
-                "    {d:>10.3?} around rare bytes (run {}): {} {}",
-                rare.run(),
-                rules.rules[r.rule].id,
-                r.pattern
+            line(
+                format!("{d:>10.3?} around rare bytes (run {})", rare.run()),
+                r,
             );
         }
         for (w, i) in largest(&wasted, 5) {
-            let r = &m.factored[i];
-            let _ = writeln!(
-                out,
-                "    {w:>6} wasted runs: {} {}",
-                rules.rules[r.rule].id, r.pattern
-            );
+            line(format!("{w:>6} wasted runs"), &m.factored[i]);
         }
     }
     out
