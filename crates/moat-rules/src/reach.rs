@@ -140,9 +140,9 @@ const MAX_RUN_COST: u32 = MAX_RARE_COST / 4;
 
 /// Estimated starts, per 10,000 bytes, of a run of `len` bytes of the set `bits`. Bytes of
 /// mail are not independent (indentation, padding, tables, hex strings), so a run is
-/// priced as if it were half as long as it is.
-fn run_cost(bits: &[u64; 4], len: usize) -> u32 {
-    let total: u32 = (0..=255u8).map(byte_frequency).sum();
+/// priced as if it were half as long as it is. `total` is the frequency of all bytes
+/// together.
+fn run_cost(bits: &[u64; 4], len: usize, total: u32) -> u32 {
     let p = f64::from(cost(bits)) / f64::from(total);
     let len = i32::try_from(len.div_ceil(2)).unwrap_or(i32::MAX);
     (10_000.0 * p.min(1.0).powi(len)).ceil() as u32
@@ -156,6 +156,7 @@ impl RareBytes {
         required_sets(hir, &mut sets);
         let mut runs = Vec::new();
         required_runs(hir, &mut runs);
+        let total: u32 = (0..=255u8).map(byte_frequency).sum();
         let (bits, run, c) = sets
             .into_iter()
             .map(|s| {
@@ -165,7 +166,7 @@ impl RareBytes {
             .chain(
                 runs.into_iter()
                     .filter(|&(_, len)| len >= 2)
-                    .map(|(s, len)| (s, len, run_cost(&s, len)))
+                    .map(|(s, len)| (s, len, run_cost(&s, len, total)))
                     .filter(|&(_, _, c)| c <= MAX_RUN_COST),
             )
             .min_by_key(|&(_, run, c)| (c, std::cmp::Reverse(run)))?;
