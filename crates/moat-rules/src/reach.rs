@@ -198,17 +198,10 @@ impl RareBytes {
     /// Calls `f(start, end)` for every byte of the set in `value` (`end = start + 1`), or,
     /// for a run, for every maximal run of set bytes at least that long; in order.
     pub(crate) fn for_each(&self, value: &[u8], mut f: impl FnMut(usize, usize)) {
-        let one = |i: usize| (i, i + 1);
         match self.few[..] {
-            [a] => memchr::memchr_iter(a, value)
-                .map(one)
-                .for_each(|(s, e)| f(s, e)),
-            [a, b] => memchr::memchr2_iter(a, b, value)
-                .map(one)
-                .for_each(|(s, e)| f(s, e)),
-            [a, b, c] => memchr::memchr3_iter(a, b, c, value)
-                .map(one)
-                .for_each(|(s, e)| f(s, e)),
+            [a] => memchr::memchr_iter(a, value).for_each(|i| f(i, i + 1)),
+            [a, b] => memchr::memchr2_iter(a, b, value).for_each(|i| f(i, i + 1)),
+            [a, b, c] => memchr::memchr3_iter(a, b, c, value).for_each(|i| f(i, i + 1)),
             _ if self.run > 1 => self.for_each_run(value, f),
             _ => {
                 for (i, &b) in value.iter().enumerate() {
