@@ -714,7 +714,9 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         let mut spent: Vec<Duration> = vec![Duration::ZERO; m.factored.len()];
         let mut candidates = Candidates::default();
         candidates.reset(m);
-        let mut spans = Vec::new();
+        // Scratch space kept between values, as the scan keeps it.
+        let (mut spans, mut occurrences, mut folded) = (Vec::new(), Vec::new(), Vec::new());
+        let mut patsets = Vec::new();
         let mut found = Found {
             counts: vec![0; rules.rules.len()],
             first: Vec::new(),
@@ -724,8 +726,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 candidates.next_value();
                 let s = Instant::now();
                 if let Some(lits) = &m.literals {
-                    let mut occurrences = Vec::new();
-                    lits.find_all(value, &mut occurrences, &mut Vec::new());
+                    lits.find_all(value, &mut occurrences, &mut folded);
                     for &(pat, start, end) in &occurrences {
                         ac_hits += 1;
                         per_pattern[pat as usize] += 1;
@@ -766,8 +767,8 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                 t_rare += s.elapsed();
                 let s = Instant::now();
                 for (set, members) in &m.sets {
-                    let mut ps = PatternSet::new(members.len());
-                    set.which_overlapping_matches(&Input::new(value), &mut ps);
+                    let ps = patset(&mut patsets, members.len());
+                    set.which_overlapping_matches(&Input::new(value), ps);
                     set_hits += ps.len() as u64;
                 }
                 t_set += s.elapsed();
