@@ -147,7 +147,7 @@ pub(crate) struct RegexRule {
     pub(crate) limit: u32,
     /// Built as `regex::bytes::Regex` builds it; used directly for searches of a window of
     /// a value that still see the whole value for look-around.
-    pub(crate) re: ra::Regex,
+    pub(crate) re: Arc<LazyRegex>,
     /// The pattern as compiled, for diagnostics.
     pub(crate) pattern: Arc<str>,
     /// Where its matches can lie around a factor it must contain.
@@ -775,13 +775,75 @@ fn effective(pattern: &str, case_sensitive: bool) -> String {
 
 /// A regex, its prefilter clauses (empty: no usable factor) and its reach.
 struct CompiledRegex {
-    re: ra::Regex,
+    re: Arc<LazyRegex>,
     pattern: Arc<str>,
     clauses: Vec<factor::FactorClause>,
     reach: Reach,
     /// Only for regexes without clauses.
     rare: Option<RareBytes>,
     at_start: bool,
+}
+
+/// A rule's regex, built on its first search.
+///
+/// Most regexes of a large pack are searched rarely: a factored regex only where its
+/// factors were found, a set member only for the text of a match its set reported. The
+/// compiler checks each one (syntax, and the size of its compiled program against
+/// [`CompileOptions::regex_size_limit`]) but leaves building the searcher, the costliest
+/// part of compiling a pack, to the first search that needs it. A snapshot is shared by
+/// every scanning thread; the first of them to need a regex builds it, the others wait.
+#[derive(Debug)]
+pub(crate) struct LazyRegex {
+    pattern: Arc<str>,
+    opts: CompileOptions,
+    re: std::sync::OnceLock<ra::Regex>,
+}
+
+impl LazyRegex {
+    /// Checks `pattern` (parsed as `hir`) against the size limit; the searcher is built
+    /// later.
+    fn checked(
+        pattern: Arc<str>,
+        hir: &regex_syntax::hir::Hir,
+        opts: &CompileOptions,
+    ) -> Result<Self, String> {
+        regex_automata::nfa::thompson::Compiler::new()
+            .configure(
+                regex_automata::nfa::thompson::Config::new()
+                    .nfa_size_limit(Some(opts.regex_size_limit)),
+            )
+            .build_from_hir(hir)
+            .map_err(|e| bad_regex(&pattern, &e.to_string(), opts))?;
+        Ok(Self {
+            pattern,
+            opts: *opts,
+            re: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The searcher, built on first use.
+    pub(crate) fn get(&self) -> &ra::Regex {
+        self.re.get_or_init(|| {
+            build_meta(&self.pattern, &self.opts).unwrap_or_else(|e| {
+                // Not expected: the pattern was checked with the same limits. Its reverse
+                // program may still exceed them, so it is built without the limit rather
+                // than dropped; the forward one proved it bounded.
+                tracing::warn!(pattern = %self.pattern, error = %e, "regex rebuilt without its size limit");
+                let unlimited = CompileOptions {
+                    regex_size_limit: usize::MAX,
+                    ..self.opts
+                };
+                build_meta(&self.pattern, &unlimited)
+                    .unwrap_or_else(|_| ra::Regex::new_many::<&str>(&[]).expect("empty set"))
+            })
+        })
+    }
+
+    /// Whether the searcher has been built.
+    #[cfg(test)]
+    pub(crate) fn is_built(&self) -> bool {
+        self.re.get().is_some()
+    }
 }
 
 /// Builds `pattern` exactly as `regex::bytes::RegexBuilder` does (leftmost-first, bytes
@@ -796,18 +858,21 @@ fn build_meta(pattern: &str, opts: &CompileOptions) -> Result<ra::Regex, String>
         .configure(config)
         .syntax(regex_automata::util::syntax::Config::new().utf8(false))
         .build(pattern)
-        .map_err(|e| {
-            // The regex crate words its errors for people; use its message when it has one.
-            let msg = match RegexBuilder::new(pattern)
-                .size_limit(opts.regex_size_limit)
-                .dfa_size_limit(opts.dfa_size_limit)
-                .build()
-            {
-                Err(re) => re.to_string(),
-                Ok(_) => e.to_string(),
-            };
-            format!("bad regex: {}", one_line(&msg))
-        })
+        .map_err(|e| bad_regex(pattern, &e.to_string(), opts))
+}
+
+/// The message for a regex that does not build: the regex crate words its errors for
+/// people, so its message is used when it has one.
+fn bad_regex(pattern: &str, fallback: &str, opts: &CompileOptions) -> String {
+    let msg = match RegexBuilder::new(pattern)
+        .size_limit(opts.regex_size_limit)
+        .dfa_size_limit(opts.dfa_size_limit)
+        .build()
+    {
+        Err(re) => re.to_string(),
+        Ok(_) => fallback.to_string(),
+    };
+    format!("bad regex: {}", one_line(&msg))
 }
 
 /// How a rule's factors are priced: for headers when every target of the rule is header
@@ -835,13 +900,13 @@ fn compile_regex(
     pricing: rarity::Context,
     opts: &CompileOptions,
 ) -> Result<CompiledRegex, String> {
-    let eff = effective(pattern, case_sensitive);
-    let re = build_meta(&eff, opts)?;
+    let eff: Arc<str> = Arc::from(effective(pattern, case_sensitive));
     let hir = regex_syntax::ParserBuilder::new()
         .utf8(false)
         .build()
         .parse(&eff)
-        .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
+        .map_err(|e| bad_regex(&eff, &e.to_string(), opts))?;
+    let re = Arc::new(LazyRegex::checked(eff.clone(), &hir, opts)?);
     let clauses = rarity::priced_for(pricing, || factor::clauses(&hir));
     let rare = if clauses.is_empty() {
         rarity::priced_for(pricing, || RareBytes::of(&hir))
@@ -850,7 +915,7 @@ fn compile_regex(
     };
     Ok(CompiledRegex {
         re,
-        pattern: Arc::from(eff),
+        pattern: eff,
         clauses,
         reach: Reach::of(&hir),
         rare,
@@ -934,6 +999,7 @@ fn set_groups(rules: &[RegexRule], opts: &CompileOptions) -> Vec<Vec<usize>> {
         .map(|(i, rr)| {
             let kind = if rr
                 .re
+                .get()
                 .find(rarity::REFERENCE.as_bytes())
                 .is_some_and(|m| m.end() <= 256)
             {

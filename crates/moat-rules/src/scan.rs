@@ -286,7 +286,7 @@ fn record_regex(rr: &RegexRule, value: &[u8], found: &mut Found, mi: usize) {
     if budget == 0 {
         return;
     }
-    let mut it = rr.re.find_iter(value);
+    let mut it = rr.re.get().find_iter(value);
     if let Some(first) = it.next() {
         let n = 1 + it.take(budget - 1).count();
         record(
@@ -337,7 +337,7 @@ fn search_windows(
         if *count >= budget {
             return;
         }
-        for m in rr.re.find_iter(Input::new(value).range(lo..hi)) {
+        for m in rr.re.get().find_iter(Input::new(value).range(lo..hi)) {
             first.get_or_insert((m.start(), m.end()));
             *count += 1;
             if *count >= budget {
@@ -422,7 +422,7 @@ fn search_anchored(
         }
         tried = Some(start);
         let input = Input::new(value).range(start..).anchored(Anchored::Yes);
-        if let Some(m) = rr.re.search(&input) {
+        if let Some(m) = rr.re.get().search(&input) {
             first.get_or_insert((m.start(), m.end()));
             count += 1;
             from = m.end().max(m.start() + 1);
@@ -853,7 +853,7 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
             let s = Instant::now();
             for t in messages {
                 t.for_each_value(&m.target, |v| {
-                    std::hint::black_box(rr.re.is_match(v));
+                    std::hint::black_box(rr.re.get().is_match(v));
                 });
             }
             alone.push((s.elapsed(), i));

@@ -923,3 +923,42 @@ score = 1.0
     t.push_header("Subject", "bulk relay");
     assert!(compiled.scan(&t).packs[0].hits.is_empty());
 }
+
+#[test]
+fn regexes_are_built_on_their_first_search() {
+    let rules = r#"
+[[rule]]
+id = "INVOICE_NO"
+target = "body"
+regex = 'invoice\s+no\.?\s*\d{6,}'
+[[rule]]
+id = "WIRE"
+target = "subject"
+regex = 'wire\s+transfer'
+"#;
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let built = |id: &str| {
+        compiled
+            .matchers
+            .iter()
+            .flat_map(|m| &m.factored)
+            .find(|rr| compiled.rules[rr.rule].id == id)
+            .unwrap_or_else(|| panic!("{id} is not factored"))
+            .re
+            .is_built()
+    };
+    // Compiling checked both regexes but built neither searcher.
+    assert!(!built("INVOICE_NO") && !built("WIRE"));
+    // A body without the factor leaves the regex unbuilt.
+    let r = compiled.scan(&one(Field::Body, "nothing to see here"));
+    assert!(r.packs[0].hits.is_empty());
+    assert!(!built("INVOICE_NO"));
+    // Its factor makes it a candidate: built, searched, and it matches.
+    let r = compiled.scan(&one(Field::Body, "re: invoice no. 1234567 attached"));
+    assert_eq!(r.packs[0].hits[0].rule, "INVOICE_NO");
+    assert_eq!(
+        r.packs[0].hits[0].matched.as_deref(),
+        Some("invoice no. 1234567")
+    );
+    assert!(built("INVOICE_NO") && !built("WIRE"));
+}
