@@ -432,7 +432,10 @@ pub fn spamassassin_sources(
         .into_par_iter()
         .map(|(name, (file, line, kw, rest))| {
             let rest = latin1_to_escapes(&rest);
-            let kind = if kw == "mimeheader" {
+            let kind = if !crate::compile::valid_id(&name) {
+                // SpamAssassin itself only warns about such names.
+                Err("the name is not a valid rule id (a letter or `_`, then letters, digits, `_` or `.`)".into())
+            } else if kw == "mimeheader" {
                 Err("mimeheader: MIME part headers are not a Moat target".into())
             } else {
                 parse_line(&kw, &rest, &options.compile)
@@ -785,6 +788,7 @@ tflags   __LOWER_X     multiple maxhits=3
 meta     MANY_X        __LOWER_X > 2
 header   __DUP_FROM    ALL =~ /\nFrom:.*?\nFrom:/is
 header   __MISSPACED   ALL:raw =~ /^Subject:\S/ism
+uri      YAHOO_RDS%DIR m{^https?://rds\.yahoo\.com/}i
 "#;
 
     #[test]
@@ -805,6 +809,8 @@ header   __MISSPACED   ALL:raw =~ /^Subject:\S/ism
             ("BROKEN", "LOOKAROUND (negative look-ahead"),
             ("BROKEN2", "BROKEN (meta refers"),
             ("MISSING", "NOT_DEFINED_ANYWHERE (not defined)"),
+            // SpamAssassin only warns about such a name; a pack would refuse it.
+            ("YAHOO_RDS%DIR", "not a valid rule id"),
         ];
         for (rule, why) in want_skipped {
             assert!(
