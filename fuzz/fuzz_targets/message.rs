@@ -34,8 +34,16 @@ fuzz_target!(|data: &[u8]| {
     let walked = extract(data, &env, &limits);
     // The walk stops at the first part past a limit, and says which limit.
     let past = usize::from(walked.limit.is_some());
-    assert!(walked.depth <= limits.max_depth + past, "depth {}", walked.depth);
-    assert!(walked.parts <= limits.max_parts + past, "parts {}", walked.parts);
+    assert!(
+        walked.depth <= limits.max_depth + past,
+        "depth {}",
+        walked.depth
+    );
+    assert!(
+        walked.parts <= limits.max_parts + past,
+        "parts {}",
+        walked.parts
+    );
     let rules = rules();
     let fast = rules.scan(&walked.targets);
     assert_eq!(fast, rules.scan_reference(&walked.targets));
