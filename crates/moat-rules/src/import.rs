@@ -280,7 +280,7 @@ pub(crate) fn perl_to_rust(
 fn header_targets(spec: &str) -> Result<Vec<String>, String> {
     let (name, modifier) = spec.split_once(':').unwrap_or((spec, ""));
     let plain = |n: &str| format!("header:{n}");
-    Ok(match (name, modifier) {
+    let targets = match (name, modifier) {
         // SpamAssassin's `ALL` is the whole header block as one string (`\nFrom:.*\nFrom:`
         // finds a repeated header). Moat does not tell trusted relays from untrusted ones,
         // so the `ALL-*` subsets read every header.
@@ -299,7 +299,12 @@ fn header_targets(spec: &str) -> Result<Vec<String>, String> {
             vec![plain(n)]
         }
         _ => return Err(format!("header {spec:?} has no Moat target")),
-    })
+    };
+    // SpamAssassin takes any word as a header name; a target names a printable one.
+    if targets.iter().any(|t| crate::Target::parse(t).is_none()) {
+        return Err(format!("header {spec:?} is not a header name"));
+    }
+    Ok(targets)
 }
 
 fn parse_line(kind: &str, rest: &str, opts: &CompileOptions) -> Result<Kind, String> {
@@ -789,6 +794,7 @@ meta     MANY_X        __LOWER_X > 2
 header   __DUP_FROM    ALL =~ /\nFrom:.*?\nFrom:/is
 header   __MISSPACED   ALL:raw =~ /^Subject:\S/ism
 uri      YAHOO_RDS%DIR m{^https?://rds\.yahoo\.com/}i
+header   __X_IP        exists:X-IP[[ net
 "#;
 
     #[test]
@@ -811,6 +817,7 @@ uri      YAHOO_RDS%DIR m{^https?://rds\.yahoo\.com/}i
             ("MISSING", "NOT_DEFINED_ANYWHERE (not defined)"),
             // SpamAssassin only warns about such a name; a pack would refuse it.
             ("YAHOO_RDS%DIR", "not a valid rule id"),
+            ("__X_IP", "is not a header name"),
         ];
         for (rule, why) in want_skipped {
             assert!(
