@@ -145,8 +145,9 @@ pub(crate) struct RegexRule {
     pub(crate) rule: usize,
     /// The rule's `max_hits`.
     pub(crate) limit: u32,
-    /// Built as `regex::bytes::Regex` builds it; used directly for searches of a window of
-    /// a value that still see the whole value for look-around.
+    /// Built as `regex::bytes::Regex` builds it, on its first search; used directly for
+    /// searches of a window of a value that still see the whole value for look-around.
+    /// Shared by the rule's targets.
     pub(crate) re: Arc<LazyRegex>,
     /// The pattern as compiled, for diagnostics.
     pub(crate) pattern: Arc<str>,
