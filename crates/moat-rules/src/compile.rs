@@ -149,8 +149,6 @@ pub(crate) struct RegexRule {
     /// searches of a window of a value that still see the whole value for look-around.
     /// Shared by the rule's targets.
     pub(crate) re: Arc<LazyRegex>,
-    /// The pattern as compiled, for diagnostics.
-    pub(crate) pattern: Arc<str>,
     /// Where its matches can lie around a factor it must contain.
     pub(crate) reach: Reach,
     /// Every match starts at an occurrence of a trigger factor (bit 0 of its clauses): it
@@ -638,7 +636,6 @@ pub(crate) fn compile(
                             rule: p.global,
                             limit: rules[p.global].max_hits,
                             re: c.re.clone(),
-                            pattern: c.pattern.clone(),
                             reach: c.reach.clone(),
                             anchored: !factors.is_empty() && factors.iter().all(|f| f.starts),
                             at_start: c.at_start,
@@ -777,7 +774,6 @@ fn effective(pattern: &str, case_sensitive: bool) -> String {
 /// A regex, its prefilter clauses (empty: no usable factor) and its reach.
 struct CompiledRegex {
     re: Arc<LazyRegex>,
-    pattern: Arc<str>,
     clauses: Vec<factor::FactorClause>,
     reach: Reach,
     /// Only for regexes without clauses.
@@ -820,6 +816,11 @@ impl LazyRegex {
             opts: *opts,
             re: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The pattern as compiled (with the rule's case flag), for sets and diagnostics.
+    pub(crate) fn pattern(&self) -> &str {
+        &self.pattern
     }
 
     /// The searcher, built on first use.
@@ -907,7 +908,7 @@ fn compile_regex(
         .build()
         .parse(&eff)
         .map_err(|e| bad_regex(&eff, &e.to_string(), opts))?;
-    let re = Arc::new(LazyRegex::checked(eff.clone(), &hir, opts)?);
+    let re = Arc::new(LazyRegex::checked(eff, &hir, opts)?);
     let clauses = rarity::priced_for(pricing, || factor::clauses(&hir));
     let rare = if clauses.is_empty() {
         rarity::priced_for(pricing, || RareBytes::of(&hir))
@@ -916,7 +917,6 @@ fn compile_regex(
     };
     Ok(CompiledRegex {
         re,
-        pattern: eff,
         clauses,
         reach: Reach::of(&hir),
         rare,
@@ -1010,7 +1010,7 @@ fn set_groups(rules: &[RegexRule], opts: &CompileOptions) -> Vec<Vec<usize>> {
             } else {
                 Kind::Other
             };
-            let alone = set_memory(&[&rr.pattern], opts).unwrap_or(usize::MAX);
+            let alone = set_memory(&[rr.re.pattern()], opts).unwrap_or(usize::MAX);
             (kind, alone, i)
         })
         .collect();
@@ -1021,7 +1021,7 @@ fn set_groups(rules: &[RegexRule], opts: &CompileOptions) -> Vec<Vec<usize>> {
         let mut rest = &ids[..];
         while !rest.is_empty() {
             let n = longest_fitting(rest.len().min(MAX_SET_MEMBERS), |k| {
-                let pats: Vec<&str> = rest[..k].iter().map(|&j| &*rules[j].pattern).collect();
+                let pats: Vec<&str> = rest[..k].iter().map(|&j| rules[j].re.pattern()).collect();
                 set_memory(&pats, opts).is_some_and(|m| m <= opts.regex_set_budget)
             });
             groups.push(rest[..n].to_vec());
@@ -1105,7 +1105,7 @@ impl TargetBuild {
         for members in groups {
             let pats: Vec<&str> = members
                 .iter()
-                .map(|&i| &*self.set_rules[i].pattern)
+                .map(|&i| self.set_rules[i].re.pattern())
                 .collect();
             let rules: Vec<RegexRule> =
                 members.iter().map(|&i| self.set_rules[i].clone()).collect();

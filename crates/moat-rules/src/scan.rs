@@ -842,7 +842,12 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
                     members.len(),
                 );
                 for rr in members {
-                    let _ = writeln!(out, "      set: {} {}", rules.rules[rr.rule].id, rr.pattern);
+                    let _ = writeln!(
+                        out,
+                        "      set: {} {}",
+                        rules.rules[rr.rule].id,
+                        rr.re.pattern()
+                    );
                 }
             }
         }
@@ -865,7 +870,12 @@ pub fn profile_scan(rules: &CompiledRules, messages: &[Targets<'_>]) -> String {
         }
         // One line per regex: what was measured, then the rule id and the pattern.
         let mut line = |what: String, r: &crate::compile::RegexRule| {
-            let _ = writeln!(out, "    {what}: {} {}", rules.rules[r.rule].id, r.pattern);
+            let _ = writeln!(
+                out,
+                "    {what}: {} {}",
+                rules.rules[r.rule].id,
+                r.re.pattern()
+            );
         };
         for (d, i) in alone.into_iter().take(8) {
             line(format!("{d:>10.3?} alone"), members[i]);
