@@ -582,7 +582,7 @@ pub(crate) fn compile(
                     compile_regex(
                         pattern,
                         p.case_sensitive,
-                        pricing(&rules[p.global].targets),
+                        &pricings(&rules[p.global].targets),
                         opts,
                     )
                 })
@@ -631,7 +631,8 @@ pub(crate) fn compile(
                         }),
                     ),
                     (Entry::Regex { .. }, Some(c)) => {
-                        let factors = &c.clauses;
+                        let plan = c.plan(pricing(target));
+                        let factors = &plan.clauses;
                         let rr = RegexRule {
                             rule: p.global,
                             limit: rules[p.global].max_hits,
@@ -640,7 +641,7 @@ pub(crate) fn compile(
                             anchored: !factors.is_empty() && factors.iter().all(|f| f.starts),
                             at_start: c.at_start,
                         };
-                        if let Some(rare) = &c.rare {
+                        if let Some(rare) = &plan.rare {
                             tb.byte_filtered.push((rare.clone(), rr));
                         } else if factors.is_empty()
                             || (*target == Target::Field(crate::target::Field::Url)
@@ -771,14 +772,28 @@ fn effective(pattern: &str, case_sensitive: bool) -> String {
     }
 }
 
-/// A regex, its prefilter clauses (empty: no usable factor) and its reach.
+/// A regex, how it is prefiltered in each pricing context of its targets, and its reach.
 struct CompiledRegex {
     re: Arc<LazyRegex>,
-    clauses: Vec<factor::FactorClause>,
+    plans: Vec<(rarity::Context, Plan)>,
     reach: Reach,
-    /// Only for regexes without clauses.
-    rare: Option<RareBytes>,
     at_start: bool,
+}
+
+impl CompiledRegex {
+    fn plan(&self, ctx: rarity::Context) -> &Plan {
+        self.plans
+            .iter()
+            .find(|(c, _)| *c == ctx)
+            .map_or(&self.plans[0].1, |(_, p)| p)
+    }
+}
+
+/// A regex's prefilter where its target's text is priced one way: its clauses (empty: no
+/// usable factor), or else the rare bytes every match holds.
+struct Plan {
+    clauses: Vec<factor::FactorClause>,
+    rare: Option<RareBytes>,
 }
 
 /// A rule's regex, built on its first search.
@@ -877,29 +892,37 @@ fn bad_regex(pattern: &str, fallback: &str, opts: &CompileOptions) -> String {
     format!("bad regex: {}", one_line(&msg))
 }
 
-/// How a rule's factors are priced: for headers when every target of the rule is header
-/// text, otherwise as mail text.
-fn pricing(targets: &[Target]) -> rarity::Context {
+/// How a regex's factors are priced on `target`: for headers on header text, for markup
+/// on HTML as written, otherwise as mail text.
+fn pricing(target: &Target) -> rarity::Context {
     use crate::target::Field;
-    let header_text = |t: &Target| {
-        matches!(
-            t,
-            Target::AllHeaders
-                | Target::Header(_)
-                | Target::Field(Field::HeaderBlock | Field::RawHeaderBlock)
-        )
-    };
-    if !targets.is_empty() && targets.iter().all(header_text) {
-        rarity::Context::Headers
-    } else {
-        rarity::Context::Text
+    match target {
+        Target::AllHeaders
+        | Target::Header(_)
+        | Target::Field(Field::HeaderBlock | Field::RawHeaderBlock) => rarity::Context::Headers,
+        Target::Field(Field::HtmlRaw) => rarity::Context::Markup,
+        _ => rarity::Context::Text,
     }
+}
+
+/// The pricing contexts of a rule's targets, each once.
+fn pricings(targets: &[Target]) -> Vec<rarity::Context> {
+    let mut v: Vec<rarity::Context> = Vec::with_capacity(1);
+    for c in targets.iter().map(pricing) {
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    if v.is_empty() {
+        v.push(rarity::Context::Text);
+    }
+    v
 }
 
 fn compile_regex(
     pattern: &str,
     case_sensitive: bool,
-    pricing: rarity::Context,
+    pricings: &[rarity::Context],
     opts: &CompileOptions,
 ) -> Result<CompiledRegex, String> {
     let eff: Arc<str> = Arc::from(effective(pattern, case_sensitive));
@@ -909,17 +932,22 @@ fn compile_regex(
         .parse(&eff)
         .map_err(|e| bad_regex(&eff, &e.to_string(), opts))?;
     let re = Arc::new(LazyRegex::checked(eff, &hir, opts)?);
-    let clauses = rarity::priced_for(pricing, || factor::clauses(&hir));
-    let rare = if clauses.is_empty() {
-        rarity::priced_for(pricing, || RareBytes::of(&hir))
-    } else {
-        None
-    };
+    let plans = pricings
+        .iter()
+        .map(|&ctx| {
+            let clauses = rarity::priced_for(ctx, || factor::clauses(&hir));
+            let rare = if clauses.is_empty() {
+                rarity::priced_for(ctx, || RareBytes::of(&hir))
+            } else {
+                None
+            };
+            (ctx, Plan { clauses, rare })
+        })
+        .collect();
     Ok(CompiledRegex {
         re,
-        clauses,
+        plans,
         reach: Reach::of(&hir),
-        rare,
         at_start: hir
             .properties()
             .look_set_prefix()

@@ -30,6 +30,11 @@ pub(crate) const REFERENCE: &str = include_str!("background.txt");
 /// `received: ` and `content-type: ` occur in every message, though prose rarely holds them.
 const HEADER_REFERENCE: &str = include_str!("background-headers.txt");
 
+/// HTML markup of ordinary mail (a newsletter, a reply written in Outlook, one in a web
+/// mailer, an old shop's receipt), written for this estimate: in markup, `<`, `>`, `="`,
+/// `<a href=` and `<font ` are everywhere, though mail text rarely holds them.
+const MARKUP_REFERENCE: &str = include_str!("background-html.txt");
+
 /// The kind of text a literal is searched in, which decides how common it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Context {
@@ -37,6 +42,8 @@ pub(crate) enum Context {
     Text,
     /// Header lines and header blocks: also counted in typical header blocks.
     Headers,
+    /// HTML markup as written (`html-raw`): also counted in typical HTML mail.
+    Markup,
 }
 
 thread_local! {
@@ -117,26 +124,32 @@ impl Grams {
     }
 }
 
-fn header_grams() -> &'static Grams {
-    static GRAMS: OnceLock<Grams> = OnceLock::new();
-    GRAMS.get_or_init(|| Grams::of(&canonical(HEADER_REFERENCE.as_bytes())))
+/// The second reference of a context: typical header blocks, or typical HTML markup.
+fn context_grams(ctx: Context) -> Option<&'static Grams> {
+    static HEADERS: OnceLock<Grams> = OnceLock::new();
+    static MARKUP: OnceLock<Grams> = OnceLock::new();
+    let (cell, text) = match ctx {
+        Context::Text => return None,
+        Context::Headers => (&HEADERS, HEADER_REFERENCE),
+        Context::Markup => (&MARKUP, MARKUP_REFERENCE),
+    };
+    Some(cell.get_or_init(|| Grams::of(&canonical(text.as_bytes()))))
 }
 
-/// Frequency of a byte per 10,000 bytes of the text a literal is priced for: in headers,
-/// also as counted in the header blocks (`@`, `<` and `:` are in every address and every
-/// line there).
+/// Frequency of a byte per 10,000 bytes of the text a literal is priced for: in headers
+/// and markup, also as counted in their reference (`@`, `<` and `:` are in every address
+/// and every line of a header block; `<`, `>`, `=` and `"` in every tag).
 pub(crate) fn byte_frequency(b: u8) -> u32 {
     let f = frequency(b);
-    if CONTEXT.get() != Context::Headers {
+    let Some(g) = context_grams(CONTEXT.get()) else {
         return f;
-    }
-    let h = header_grams();
-    let n = h
+    };
+    let n = g
         .counts
         .get(&[crate::literals::canon(b)][..])
         .copied()
         .unwrap_or(0);
-    f.max((f64::from(n) * 10_000.0 / (h.kib * 1024.0)) as u32)
+    f.max((f64::from(n) * 10_000.0 / (g.kib * 1024.0)) as u32)
 }
 
 struct Model {
@@ -197,8 +210,8 @@ fn folded_frequency(b: u8) -> u32 {
         .sum()
 }
 
-/// Expected occurrences of `lit` per KiB of mail text (and of header blocks, for literals
-/// priced for headers), both folded as the literal search folds them.
+/// Expected occurrences of `lit` per KiB of mail text (and of header blocks or HTML markup,
+/// for literals priced for those), both folded as the literal search folds them.
 pub(crate) fn per_kib(lit: &[u8]) -> f64 {
     let lower = canonical(lit);
     let Some((&first, _)) = lower.split_first() else {
@@ -211,8 +224,8 @@ pub(crate) fn per_kib(lit: &[u8]) -> f64 {
             p * m.bigram[256 * usize::from(w[0]) + usize::from(w[1])]
         });
     let mut estimate = (1024.0 * chain).max(m.grams.per_kib(&lower));
-    if CONTEXT.get() == Context::Headers {
-        estimate = estimate.max(header_grams().per_kib(&lower));
+    if let Some(g) = context_grams(CONTEXT.get()) {
+        estimate = estimate.max(g.per_kib(&lower));
     }
     if lower.len() >= 2 && lower.iter().all(|&b| b == first) {
         // A run of one byte (`"        "`, `"----"`) occurs at every offset of every longer
@@ -277,5 +290,31 @@ mod tests {
         assert!(headers(b"\nX-Priority: ") < headers(b"\nFrom: ") / 10.0);
         // The context ends with the call.
         assert_eq!(per_kib(b"\nFrom: "), text(b"\nFrom: "));
+    }
+
+    #[test]
+    fn markup_is_common_in_markup_only() {
+        let text = |l: &[u8]| per_kib(l);
+        let markup = |l: &[u8]| priced_for(Context::Markup, || per_kib(l));
+        for common in [&b"<td"[..], b" style=\"", b"</div>", b"<span"] {
+            assert!(
+                markup(common) > 0.5,
+                "{:?}",
+                String::from_utf8_lossy(common)
+            );
+            assert!(
+                text(common) < markup(common) / 4.0,
+                "{:?}: {} in text, {} in markup",
+                String::from_utf8_lossy(common),
+                text(common),
+                markup(common)
+            );
+        }
+        // A tag that ordinary mail seldom writes stays rare.
+        assert!(markup(b"<iframe") < markup(b"<td") / 10.0);
+        // Tag brackets are rare bytes in text, not in markup.
+        let markup_byte = |b: u8| priced_for(Context::Markup, || byte_frequency(b));
+        assert!(byte_frequency(b'<') <= 40);
+        assert!(markup_byte(b'<') > 100 && markup_byte(b'>') > 100);
     }
 }

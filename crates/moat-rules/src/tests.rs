@@ -962,3 +962,42 @@ regex = 'wire\s+transfer'
     );
     assert!(built("INVOICE_NO") && !built("WIRE"));
 }
+
+#[test]
+fn markup_is_priced_as_markup() {
+    // One rule on text and on HTML as written: `>` and `<` are rare in mail text, so there
+    // the regex is searched around them; in markup they are in every tag, so there it joins
+    // the target's regex set instead of searching around each one.
+    let rules = r#"
+[[rule]]
+id = "SINGLET"
+target = ["text", "html-raw"]
+regex = '>\s*[a-z]\s*<'
+"#;
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let routes = |field: Field| {
+        let m = compiled
+            .matchers
+            .iter()
+            .find(|m| m.target == crate::Target::Field(field))
+            .unwrap();
+        (
+            m.byte_filtered.len(),
+            m.sets
+                .iter()
+                .map(|(_, members)| members.len())
+                .sum::<usize>(),
+        )
+    };
+    assert_eq!(routes(Field::Text), (1, 0));
+    assert_eq!(routes(Field::HtmlRaw), (0, 1));
+    // Either way it finds the same matches.
+    for field in [Field::Text, Field::HtmlRaw] {
+        assert_eq!(
+            hits(rules, &one(field, "<p>see</p><b> x </b><i>two</i>")),
+            [("SINGLET".to_string(), Some("> x <".to_string()))],
+            "{field:?}"
+        );
+        assert!(hits(rules, &one(field, "<p>none here</p>")).is_empty());
+    }
+}
