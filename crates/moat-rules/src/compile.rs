@@ -781,6 +781,8 @@ struct CompiledRegex {
 }
 
 impl CompiledRegex {
+    /// The plan for a target priced in `ctx`. Every target of the rule has one (the
+    /// plans are made for `pricings` of its targets); the first is a fallback only.
     fn plan(&self, ctx: rarity::Context) -> &Plan {
         self.plans
             .iter()
