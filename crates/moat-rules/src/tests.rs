@@ -19,6 +19,15 @@ fn hits(rules: &str, t: &Targets<'_>) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// What runs over `field` in `compiled` (the test's pack must have a rule there).
+fn matcher(compiled: &crate::CompiledRules, field: Field) -> &crate::compile::TargetMatcher {
+    compiled
+        .matchers
+        .iter()
+        .find(|m| m.target == crate::Target::Field(field))
+        .unwrap_or_else(|| panic!("no rule on {field:?}"))
+}
+
 fn one(field: Field, value: &str) -> Targets<'static> {
     let mut t = Targets::new();
     t.push_str(field, value.to_string());
@@ -766,11 +775,7 @@ fn regex_sets_share_a_pass_by_kind() {
         );
     }
     let compiled = compile_str(&pack(&src), &CompileOptions::default()).unwrap();
-    let m = compiled
-        .matchers
-        .iter()
-        .find(|m| m.target == crate::Target::Field(Field::Body))
-        .unwrap();
+    let m = matcher(&compiled, Field::Body);
     let sets: Vec<Vec<&str>> = m
         .sets
         .iter()
@@ -829,11 +834,7 @@ regex = 'https?://[^/]+\.\.'
 "#;
     let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
     let of = |field: Field| {
-        let m = compiled
-            .matchers
-            .iter()
-            .find(|m| m.target == crate::Target::Field(field))
-            .unwrap();
+        let m = matcher(&compiled, field);
         let ids = |rrs: &mut dyn Iterator<Item = &crate::compile::RegexRule>| {
             let mut v: Vec<&str> = rrs.map(|rr| compiled.rules[rr.rule].id.as_str()).collect();
             v.sort_unstable();
@@ -976,11 +977,7 @@ regex = '>\s*[a-z]\s*<'
 "#;
     let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
     let routes = |field: Field| {
-        let m = compiled
-            .matchers
-            .iter()
-            .find(|m| m.target == crate::Target::Field(field))
-            .unwrap();
+        let m = matcher(&compiled, field);
         (
             m.byte_filtered.len(),
             m.sets
