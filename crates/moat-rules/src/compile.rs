@@ -277,6 +277,16 @@ impl CompiledRules {
             .collect()
     }
 
+    /// The patterns of `target`'s one-pass literal search, folded as the search sees them
+    /// ([`crate::fold`]); empty when no rule is on `target`. For diagnostics, and for the
+    /// benchmark that times the literal pass alone.
+    pub fn automaton_patterns(&self, target: &Target) -> &[Vec<u8>] {
+        self.matchers
+            .iter()
+            .find(|m| &m.target == target)
+            .map_or(&[], |m| &m.patterns)
+    }
+
     /// `name version` of every pack, comma-separated (for logs and headers).
     pub fn versions(&self) -> String {
         self.packs

@@ -112,6 +112,12 @@ pub fn run_tests(rules: &CompiledRules, extractor: Option<&dyn Extractor>) -> Re
     compile::run_tests(rules, extractor)
 }
 
+/// `bytes` as the literal search sees them: ASCII letters lower-cased, ASCII white space
+/// as a space (see [`CompiledRules::automaton_patterns`]).
+pub fn fold(bytes: &[u8]) -> Vec<u8> {
+    literals::canonical(bytes)
+}
+
 /// Summary of a successful `moat rules check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {

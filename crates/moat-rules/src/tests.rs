@@ -998,3 +998,39 @@ regex = '>\s*[a-z]\s*<'
         assert!(hits(rules, &one(field, "<p>none here</p>")).is_empty());
     }
 }
+
+#[test]
+fn automaton_patterns_are_the_folded_literals_and_factors_of_a_target() {
+    let rules = r#"
+[[rule]]
+id = "PILLS"
+target = "body"
+literals = ["Cheap\tPills"]
+
+[[rule]]
+id = "CLICK"
+target = "body"
+regex = 'Click\s+HERE\s+now'
+"#;
+    let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
+    let mut patterns = compiled
+        .automaton_patterns(&crate::Target::Field(Field::Body))
+        .to_vec();
+    patterns.sort();
+    // The literal is lower-cased with its tab as a space; the regex gives a factor, a
+    // piece of every text it matches, as folded.
+    assert_eq!(patterns.len(), 2, "{patterns:?}");
+    assert!(patterns.contains(&b"cheap pills".to_vec()), "{patterns:?}");
+    let matched = b"click here now";
+    assert!(
+        patterns
+            .iter()
+            .any(|p| p != b"cheap pills" && matched.windows(p.len()).any(|w| w == &p[..])),
+        "{patterns:?}"
+    );
+    assert!(
+        compiled
+            .automaton_patterns(&crate::Target::Field(Field::Subject))
+            .is_empty()
+    );
+}
