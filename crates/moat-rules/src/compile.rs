@@ -281,10 +281,12 @@ impl CompiledRules {
     /// ([`crate::fold`]); empty when no rule is on `target`. For diagnostics, and for the
     /// benchmark that times the literal pass alone.
     pub fn automaton_patterns(&self, target: &Target) -> &[Vec<u8>] {
-        self.matchers
-            .iter()
-            .find(|m| &m.target == target)
-            .map_or(&[], |m| &m.patterns)
+        self.matcher(target).map_or(&[], |m| &m.patterns)
+    }
+
+    /// The matcher of `target`, if any rule is on it.
+    pub(crate) fn matcher(&self, target: &Target) -> Option<&TargetMatcher> {
+        self.matchers.iter().find(|m| &m.target == target)
     }
 
     /// `name version` of every pack, comma-separated (for logs and headers).

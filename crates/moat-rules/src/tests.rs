@@ -22,9 +22,7 @@ fn hits(rules: &str, t: &Targets<'_>) -> Vec<(String, Option<String>)> {
 /// What runs over `field` in `compiled` (the test's pack must have a rule there).
 fn matcher(compiled: &crate::CompiledRules, field: Field) -> &crate::compile::TargetMatcher {
     compiled
-        .matchers
-        .iter()
-        .find(|m| m.target == crate::Target::Field(field))
+        .matcher(&crate::Target::Field(field))
         .unwrap_or_else(|| panic!("no rule on {field:?}"))
 }
 
