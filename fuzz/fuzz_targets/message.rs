@@ -1,9 +1,9 @@
 //! The MIME walk and the scan over any message bytes, with the repository's rule pack.
 //!
 //! Invariants: the walk stays within its limits (depth, parts), or stops at the first part
-//! past one and says so; the scan's fast path finds
-//! what every regex over every whole value finds; a verdict comes out. Small limits make
-//! the fuzzer reach the over-limit paths.
+//! past one and says so; the scan's fast path finds what every regex over every whole
+//! value finds; a verdict comes out. Small limits make the fuzzer reach the over-limit
+//! paths.
 #![no_main]
 
 use std::sync::OnceLock;

@@ -1011,14 +1011,11 @@ target = "body"
 regex = 'Click\s+HERE\s+now'
 "#;
     let compiled = compile_str(&pack(rules), &CompileOptions::default()).unwrap();
-    let mut patterns = compiled
-        .automaton_patterns(&crate::Target::Field(Field::Body))
-        .to_vec();
-    patterns.sort();
+    let patterns = compiled.automaton_patterns(&crate::Target::Field(Field::Body));
     // The literal is lower-cased with its tab as a space; the regex gives a factor, a
     // piece of every text it matches, as folded.
     assert_eq!(patterns.len(), 2, "{patterns:?}");
-    assert!(patterns.contains(&b"cheap pills".to_vec()), "{patterns:?}");
+    assert!(patterns.iter().any(|p| p == b"cheap pills"), "{patterns:?}");
     let matched = b"click here now";
     assert!(
         patterns
